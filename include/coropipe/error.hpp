@@ -1,0 +1,54 @@
+/// @file
+/// coropipe's own error conditions.
+///
+/// System calls that fail report `std::system_category()` codes (the errno),
+/// and Asio operations report Asio's codes (`asio::error::eof`,
+/// `asio::error::broken_pipe`, `asio::error::operation_aborted`, ...).
+/// The conditions below are the ones only coropipe can detect. A clean end of
+/// stream is never one of them: it is an ordinary outcome.
+#pragma once
+
+#include <string>
+#include <system_error>
+
+namespace coropipe {
+
+/// Errors in coropipe's own category (`coropipe::category()`, named "coropipe").
+enum class errc {
+  /// fork_child() refused: the process runs several threads, so the child
+  /// could inherit a lock held by a thread that does not exist in it.
+  /// Use spawn() (fork + exec) instead, or set `fork_options::allow_threads`.
+  fork_in_threaded_process = 1,
+  /// The child handle is empty: moved from, detached, or never started.
+  no_child,
+  /// A frame declares a payload larger than the receiver accepts.
+  message_too_large,
+  /// The stream ended inside a frame (after part of its header or payload).
+  truncated_message,
+  /// A frame header that no sender produces (a negative length other than -1,
+  /// or an 8-byte length below 2^31).
+  malformed_frame,
+  /// A message did not decode as the type the channel carries.
+  decode_failed,
+  /// An argument that can never be valid (an empty argv, an embedded NUL, ...).
+  invalid_argument,
+  /// The program could not be started; the error's message names the step.
+  spawn_failed,
+};
+
+/// The category of coropipe's own errors; its name() is "coropipe".
+[[nodiscard]] const std::error_category& category() noexcept;
+
+/// Makes an error code of coropipe's category; found by ADL, so
+/// `std::error_code ec = coropipe::errc::no_child;` works.
+[[nodiscard]] std::error_code make_error_code(errc e) noexcept;
+
+namespace detail {
+/// Throws std::system_error(ec) whose what() reads "<function>: <call>: <message>".
+[[noreturn]] void throw_error(std::error_code ec, const char* function, const char* call = nullptr);
+} // namespace detail
+
+} // namespace coropipe
+
+template <>
+struct std::is_error_code_enum<coropipe::errc> : std::true_type {};

@@ -1,0 +1,47 @@
+#include <coropipe/attach.hpp>
+
+#include <coropipe/error.hpp>
+#include <coropipe/fork.hpp>
+#include <coropipe/sigpipe.hpp>
+
+namespace coropipe {
+
+asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd fd,
+                                      std::error_code& ec) {
+  ec.clear();
+  asio::posix::stream_descriptor stream(ex);
+  if (!fd) {
+    ec = std::error_code(EBADF, std::system_category());
+    return stream;
+  }
+  // Ownership passes only once the reactor has accepted the descriptor; on
+  // failure fd still owns it and closes it.
+  stream.assign(fd.get(), ec);
+  if (ec) {
+    // Asio reports errno values in its own "asio.system" category; coropipe's
+    // synchronous calls report them in std::system_category(), like errno.
+    ec = std::error_code(ec.value(), std::system_category());
+    return stream;
+  }
+  (void)fd.release();
+  block_sigpipe_in_this_thread();
+  return stream;
+}
+
+asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd fd) {
+  std::error_code ec;
+  auto stream = attach(ex, std::move(fd), ec);
+  if (ec) detail::throw_error(ec, "coropipe::attach");
+  return stream;
+}
+
+unique_fd release(asio::posix::stream_descriptor& stream) noexcept {
+  if (!stream.is_open()) return unique_fd();
+  return unique_fd(stream.release());
+}
+
+asio::posix::stream_descriptor child_context::attach(unique_fd fd) const {
+  return coropipe::attach(get_executor(), std::move(fd));
+}
+
+} // namespace coropipe

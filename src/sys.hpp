@@ -1,0 +1,51 @@
+// Private helpers shared by coropipe's sources: thin, errno-preserving
+// wrappers of Linux system calls that glibc 2.36 does not wrap.
+#pragma once
+
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <system_error>
+
+namespace coropipe::detail {
+
+inline std::error_code last_error() noexcept { return {errno, std::system_category()}; }
+
+inline int sys_pidfd_open(pid_t pid, unsigned int flags) noexcept {
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, flags));
+}
+
+inline int sys_pidfd_send_signal(int pidfd, int sig) noexcept {
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0U));
+}
+
+// What /proc/self/status says of the calling process.
+struct process_status {
+  int threads = -1;             // -1 when /proc is unavailable
+  std::uint64_t caught = 0;     // bit (n-1) set: signal n has a handler
+};
+process_status read_process_status() noexcept;
+
+// Number of threads coropipe itself runs in this process (the reaper).
+int internal_thread_count() noexcept;
+
+// Forgets coropipe's process-global state in a freshly forked child, whose
+// copy of it describes the parent (threads that do not exist, locked mutexes).
+void reaper_reset_after_fork() noexcept;
+
+// Hands a detached child to the background reaper, which then owns pidfd
+// (-1 without pidfds). On failure (the thread cannot start) nothing is taken.
+void reap_in_background(pid_t pid, int pidfd, std::error_code& ec, const char*& failed_call);
+
+// True when pidfd_open() has been refused in this process (the result is
+// remembered), or when COROPIPE_DISABLE_PIDFD is set in the environment.
+// The background reaper's eventfd, or -1 (for the tests' descriptor accounting).
+int background_reaper_fd() noexcept;
+
+bool pidfds_unavailable() noexcept;
+void remember_pidfds_unavailable() noexcept;
+
+} // namespace coropipe::detail

@@ -1,0 +1,427 @@
+#include <coropipe/fork.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support.hpp"
+
+#include <coropipe/attach.hpp>
+#include <coropipe/error.hpp>
+
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/read.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+
+using namespace std::chrono_literals;
+using asio::awaitable;
+using asio::use_awaitable;
+using coropipe::child_context;
+using coropipe::exit_status;
+using coropipe::unique_fd;
+using coropipe_test::run;
+
+namespace {
+
+constexpr auto as_tuple = asio::experimental::as_tuple(use_awaitable);
+
+// Reads everything from an attached descriptor until end of stream.
+awaitable<std::string> read_to_eof(asio::posix::stream_descriptor& in) {
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    auto [ec, n] = co_await in.async_read_some(asio::buffer(buf), as_tuple);
+    out.append(buf, n);
+    if (ec == asio::error::eof) co_return out;
+    if (ec) throw std::system_error(ec, "read");
+  }
+}
+
+} // namespace
+
+TEST_CASE("a forked child's coroutine writes through a pipe and its result is the exit code") {
+  asio::io_context io;
+  auto [in, out] = coropipe::pipe();
+  auto c = coropipe::fork_child(
+      io,
+      [](child_context& ctx, unique_fd w, std::string text) -> awaitable<int> {
+        auto pipe_out = ctx.attach(std::move(w));
+        co_await asio::async_write(pipe_out, asio::buffer(text), use_awaitable);
+        co_return 42;
+      },
+      std::move(out), std::string("hello from the child"));
+  REQUIRE(c.valid());
+  CHECK(c.pid() > 0);
+  CHECK(c.pid() != ::getpid());
+  auto reader = coropipe::attach(io, std::move(in));
+  auto [text, status] = run(io, [&]() -> awaitable<std::pair<std::string, exit_status>> {
+    std::string t = co_await read_to_eof(reader);
+    exit_status st = co_await c.async_wait(use_awaitable);
+    co_return std::pair{t, st};
+  }());
+  CHECK(text == "hello from the child");
+  CHECK(status == exit_status::exited(42));
+  CHECK(c.status() == exit_status::exited(42));
+}
+
+TEST_CASE("a child whose coroutine returns awaitable<void> exits with 0") {
+  asio::io_context io;
+  auto c = coropipe::fork_child(io, [](child_context& ctx) -> awaitable<void> {
+    asio::steady_timer t(ctx.get_executor(), 1ms);
+    co_await t.async_wait(use_awaitable);
+  });
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(0));
+}
+
+TEST_CASE("an exception escaping the child's coroutine is printed on stderr and exits 1") {
+  asio::io_context io;
+  auto [err_in, err_out] = coropipe::pipe();
+  auto c = coropipe::fork_child(
+      io,
+      [](child_context&, unique_fd err) -> awaitable<int> {
+        ::dup2(err.get(), STDERR_FILENO);
+        throw std::runtime_error("the child gave up");
+        co_return 0;
+      },
+      std::move(err_out));
+  const std::string text = coropipe_test::read_all(err_in.get());
+  CHECK(text.find("uncaught exception: the child gave up") != std::string::npos);
+  CHECK(text.find("forked child " + std::to_string(c.pid())) != std::string::npos);
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(1));
+}
+
+TEST_CASE("the parent reads a clean end of stream when the child exits") {
+  asio::io_context io;
+  auto [in, out] = coropipe::pipe();
+  auto c = coropipe::fork_child(
+      io, [](child_context&, unique_fd) -> awaitable<int> { co_return 0; }, std::move(out));
+  auto reader = coropipe::attach(io, std::move(in));
+  // If the parent still held its copy of the write end, this would hang.
+  CHECK(run(io, read_to_eof(reader), 20s).empty());
+  CHECK(run(io, c.async_wait(use_awaitable)).success());
+}
+
+TEST_CASE("the child's write fails with broken_pipe once the parent's reader is gone") {
+  asio::io_context io;
+  auto [in, out] = coropipe::pipe();
+  auto [go_in, go_out] = coropipe::pipe();
+  auto c = coropipe::fork_child(
+      io,
+      [](child_context& ctx, unique_fd w, unique_fd go) -> awaitable<int> {
+        auto pipe_out = ctx.attach(std::move(w));
+        auto gate = ctx.attach(std::move(go));
+        char b;
+        // Wait until the parent has closed its read end (end of stream here).
+        co_await asio::async_read(gate, asio::buffer(&b, 1), as_tuple);
+        auto [ec, n] = co_await asio::async_write(pipe_out, asio::buffer("x", 1), as_tuple);
+        co_return ec == asio::error::broken_pipe ? 7 : 1;
+      },
+      std::move(out), std::move(go_in));
+  in.reset();      // the parent's reader is gone...
+  go_out.reset();  // ...and the child learns it may write now
+  // 7: broken_pipe, not death by SIGPIPE (which would read "killed by SIGPIPE").
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(7));
+}
+
+TEST_CASE("descriptors: the child keeps only 0-2, what it was handed, and non-cloexec ones") {
+  asio::io_context io;
+  // Descriptors the child must not inherit: coropipe's, Asio's, any cloexec.
+  auto [other_in, other_out] = coropipe::pipe();
+  auto attached = coropipe::attach(io, coropipe::pipe().read_end);
+  // One opened without O_CLOEXEC: a child keeps it, as an exec'd program would.
+  int raw[2];
+  REQUIRE(::pipe(raw) == 0);
+  unique_fd inheritable(raw[0]), inheritable_w(raw[1]);
+  REQUIRE(::fcntl(inheritable_w.get(), F_SETFD, FD_CLOEXEC) == 0);
+
+  auto [in, out] = coropipe::pipe();
+  const int handed = out.get();
+  const auto before = coropipe_test::open_fds();
+  auto c = coropipe::fork_child(
+      io,
+      [](child_context& ctx, unique_fd w) -> awaitable<int> {
+        // Listed before the child creates any descriptor of its own.
+        std::string report;
+        for (int fd : coropipe_test::open_fds()) report += std::to_string(fd) + " ";
+        auto pipe_out = ctx.attach(std::move(w));
+        co_await asio::async_write(pipe_out, asio::buffer(report), use_awaitable);
+        co_return 0;
+      },
+      std::move(out));
+  auto reader = coropipe::attach(io, std::move(in));
+  const std::string report = run(io, read_to_eof(reader));
+  CHECK(run(io, c.async_wait(use_awaitable)).success());
+
+  std::vector<int> child_fds;
+  std::istringstream is(report);
+  for (int fd; is >> fd;) child_fds.push_back(fd);
+  // Expected: 0-2, the handed end, and whatever the parent has without
+  // FD_CLOEXEC (the inheritable pipe, and anything the test runner itself
+  // inherited that way).
+  std::vector<int> expected{0, 1, 2, handed};
+  for (int fd : before) {
+    const int flags = ::fcntl(fd, F_GETFD);
+    if (fd > 2 && flags >= 0 && (flags & FD_CLOEXEC) == 0) expected.push_back(fd);
+  }
+  std::sort(expected.begin(), expected.end());
+  CHECK(std::find(expected.begin(), expected.end(), inheritable.get()) != expected.end());
+  INFO("child has: " << report << " parent handed: " << handed << " inheritable: " << inheritable.get());
+  CHECK(child_fds == expected);
+
+  // In the parent, the handed end is closed: the same number of descriptors
+  // as before (the handed end went, the child's pidfd came).
+  const auto after = coropipe_test::open_fds();
+  CHECK(after.size() == before.size());
+  CHECK((std::find(after.begin(), after.end(), handed) == after.end() ||
+         coropipe_test::fd_target(handed).find("pidfd") != std::string::npos));
+}
+
+TEST_CASE("each child closes the other children's pipes, so every stream ends on its own") {
+  asio::io_context io;
+  std::vector<coropipe::child> kids;
+  std::vector<asio::posix::stream_descriptor> readers;
+  for (int i = 0; i < 4; ++i) {
+    auto [in, out] = coropipe::pipe();
+    kids.push_back(coropipe::fork_child(
+        io,
+        [](child_context& ctx, unique_fd w, int n) -> awaitable<int> {
+          auto pipe_out = ctx.attach(std::move(w));
+          std::string s = "child " + std::to_string(n);
+          co_await asio::async_write(pipe_out, asio::buffer(s), use_awaitable);
+          // The first child lingers: its siblings' streams must end anyway.
+          if (n == 0) {
+            asio::steady_timer t(ctx.get_executor(), 60s);
+            co_await t.async_wait(use_awaitable);
+          }
+          co_return n;
+        },
+        std::move(out), i));
+    readers.push_back(coropipe::attach(io, std::move(in)));
+  }
+  for (int i = 1; i < 4; ++i) {
+    CHECK(run(io, read_to_eof(readers[static_cast<std::size_t>(i)]), 20s) == "child " + std::to_string(i));
+    CHECK(run(io, kids[static_cast<std::size_t>(i)].async_wait(use_awaitable)) == exit_status::exited(i));
+  }
+  // The lingering one is killed and reaped by its handle's destructor.
+  const pid_t first = kids[0].pid();
+  kids.clear();
+  CHECK(coropipe_test::process_state(first) == 0);
+}
+
+TEST_CASE("fork_child refuses a process with several threads, and allow_threads overrides") {
+  asio::io_context io;
+  std::mutex m;
+  std::condition_variable cv;
+  bool stop = false;
+  std::thread t([&] {
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return stop; });
+  });
+  auto body = [](child_context&) -> awaitable<int> { co_return 5; };
+
+  std::error_code ec;
+  auto refused = coropipe::fork_child(io, coropipe::fork_options{}, ec, body);
+  CHECK(ec == coropipe::errc::fork_in_threaded_process);
+  CHECK_FALSE(refused.valid());
+  CHECK(ec.message().find("spawn") != std::string::npos);
+
+  try {
+    (void)coropipe::fork_child(io, body);
+    FAIL("fork_child did not throw");
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == coropipe::errc::fork_in_threaded_process);
+    CHECK(std::string(e.what()).find("coropipe::fork_child") != std::string::npos);
+  }
+
+  coropipe::fork_options opts;
+  opts.allow_threads = true;
+  auto allowed = coropipe::fork_child(io, opts, body);
+  CHECK(run(io, allowed.async_wait(use_awaitable)) == exit_status::exited(5));
+
+  {
+    std::lock_guard lock(m);
+    stop = true;
+  }
+  cv.notify_one();
+  t.join();
+}
+
+TEST_CASE("stdio buffered before the fork is printed once") {
+  // Run in a plain child whose stdout is a pipe, so that stdio buffers fully.
+  auto [in, out] = coropipe::pipe();
+  const pid_t pid = coropipe_test::fork_raw([&, &in = in, &out = out] {
+    ::dup2(out.get(), STDOUT_FILENO);
+    in.reset();
+    out.reset();
+    std::printf("before the fork;");  // sits in stdio's buffer
+    asio::io_context io;
+    auto c = coropipe::fork_child(io, [](child_context&) -> awaitable<int> {
+      std::printf("child;");
+      co_return 0;
+    });
+    const bool ok = run(io, c.async_wait(use_awaitable)).success();
+    std::printf("parent;");
+    return ok ? 0 : 1;
+  });
+  out.reset();
+  const std::string text = coropipe_test::read_all(in.get());
+  auto status = coropipe_test::wait_for_pid(pid, 30s);
+  REQUIRE(status);
+  CHECK(exit_status::from_wait_status(*status) == exit_status::exited(0));
+  CHECK(text == "before the fork;child;parent;");
+}
+
+TEST_CASE("handlers installed by the parent are reset to the default in the child") {
+  struct sigaction sa {}, old{};
+  sa.sa_handler = [](int) {};
+  sigemptyset(&sa.sa_mask);
+  REQUIRE(::sigaction(SIGUSR1, &sa, &old) == 0);
+  asio::io_context io;
+  auto c = coropipe::fork_child(io, [](child_context&) -> awaitable<int> {
+    ::raise(SIGUSR1);  // the default action ends the process
+    co_return 0;
+  });
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::killed(SIGUSR1));
+  ::sigaction(SIGUSR1, &old, nullptr);
+}
+
+namespace {
+
+// An intermediate process forks a coropipe child that sleeps for @p sleep and
+// exits 3, detaches it, reports its pid and dies. Being a subreaper, this
+// test process inherits the orphan and sees how it ended.
+exit_status orphaned_child_status(const coropipe::fork_options& opts, std::chrono::milliseconds sleep) {
+  auto [in, out] = coropipe::pipe();
+  const pid_t middle = coropipe_test::fork_raw([&, &in = in, &out = out] {
+    in.reset();
+    asio::io_context io;
+    auto c = coropipe::fork_child(
+        io, opts,
+        [](child_context& ctx, std::chrono::milliseconds d) -> awaitable<int> {
+          asio::steady_timer t(ctx.get_executor(), d);
+          co_await t.async_wait(use_awaitable);
+          co_return 3;
+        },
+        sleep);
+    const pid_t grandchild = c.pid();
+    c.detach();  // so that only the parent's death can end it early
+    return ::write(out.get(), &grandchild, sizeof grandchild) == sizeof grandchild ? 0 : 1;
+  });
+  out.reset();
+  pid_t grandchild = 0;
+  REQUIRE(::read(in.get(), &grandchild, sizeof grandchild) == sizeof grandchild);
+  auto middle_status = coropipe_test::wait_for_pid(middle, 30s);
+  REQUIRE(middle_status);
+  REQUIRE(exit_status::from_wait_status(*middle_status) == exit_status::exited(0));
+  auto status = coropipe_test::wait_for_pid(grandchild, 30s);
+  REQUIRE(status);
+  return exit_status::from_wait_status(*status);
+}
+
+} // namespace
+
+TEST_CASE("a child gets SIGKILL when the thread that forked it ends") {
+  CHECK(orphaned_child_status(coropipe::fork_options{}, 60s) == exit_status::killed(SIGKILL));
+}
+
+TEST_CASE("parent_death_signal 0 lets the child outlive the forking thread") {
+  coropipe::fork_options opts;
+  opts.parent_death_signal = 0;
+  CHECK(orphaned_child_status(opts, 300ms) == exit_status::exited(3));
+}
+
+TEST_CASE("fork_child can be called from a coroutine running on the parent's io_context") {
+  asio::io_context io;
+  const exit_status st = run(io, [&]() -> awaitable<exit_status> {
+    auto c = coropipe::fork_child(co_await asio::this_coro::executor,
+                                  [](child_context& ctx) -> awaitable<int> {
+                                    // The child's own io_context, not the parent's.
+                                    co_return ctx.parent_pid() == ::getppid() ? 11 : 12;
+                                  });
+    co_return co_await c.async_wait(use_awaitable);
+  }());
+  CHECK(st == exit_status::exited(11));
+}
+
+TEST_CASE("a failing pidfd_open kills and reaps the new child and names the call") {
+  asio::io_context io;
+  auto body = [](child_context&) -> awaitable<int> { co_return 0; };
+  {
+    // Once with descriptors to spare. This also makes every virtual call the
+    // failure path makes once, for UBSan's vptr check: its slow path needs a
+    // pipe, which it cannot get under EMFILE (a false "invalid vptr").
+    auto c = coropipe::fork_child(io, body);
+    CHECK(run(io, c.async_wait(use_awaitable)).success());
+    const std::system_error warm(std::error_code(EMFILE, std::system_category()), "warm-up");
+    CHECK(std::string(warm.what()).find("warm-up") == 0);
+    CHECK(warm.code() == std::errc::too_many_files_open);
+  }
+  std::error_code ec;
+  bool valid = true, children_after_ec = true, children_after_throw = true;
+  std::string what;
+  std::error_code thrown;
+  {
+    // No descriptor number left: pidfd_open fails with EMFILE (the parent's).
+    // Only record here; check once descriptors are available again.
+    coropipe_test::scoped_rlimit lim(RLIMIT_NOFILE, static_cast<rlim_t>(coropipe_test::lowest_free_fd()));
+    valid = coropipe::fork_child(io, coropipe::fork_options{}, ec, body).valid();
+    children_after_ec = coropipe_test::has_children();
+    try {
+      (void)coropipe::fork_child(io, body);
+    } catch (const std::system_error& e) {
+      what = e.what();
+      thrown = e.code();
+    }
+    children_after_throw = coropipe_test::has_children();
+  }
+  CHECK_FALSE(valid);
+  CHECK(ec == std::errc::too_many_files_open);
+  CHECK_FALSE(children_after_ec);
+  CHECK(what.find("coropipe::fork_child: pidfd_open") == 0);
+  CHECK(thrown == std::errc::too_many_files_open);
+  CHECK_FALSE(children_after_throw);
+  // Resources back: it works again.
+  auto c = coropipe::fork_child(io, body);
+  CHECK(run(io, c.async_wait(use_awaitable)).success());
+}
+
+TEST_CASE("arguments handed to a child that cannot be forked are destroyed (fds closed)") {
+  asio::io_context io;
+  std::mutex m;
+  std::condition_variable cv;
+  bool stop = false;
+  std::thread t([&] {
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return stop; });
+  });
+  const auto before = coropipe_test::open_fds();
+  {
+    auto [in, out] = coropipe::pipe();
+    in.reset();
+    std::error_code ec;
+    auto c = coropipe::fork_child(
+        io, coropipe::fork_options{}, ec,
+        [](child_context&, unique_fd) -> awaitable<int> { co_return 0; }, std::move(out));
+    CHECK(ec == coropipe::errc::fork_in_threaded_process);
+  }
+  CHECK(coropipe_test::open_fds() == before);
+  {
+    std::lock_guard lock(m);
+    stop = true;
+  }
+  cv.notify_one();
+  t.join();
+}
