@@ -249,3 +249,121 @@ inline int lowest_free_fd() {
 }
 
 } // namespace coropipe_test
+
+#include <spawn.h>
+
+extern char** environ;
+
+namespace coropipe_test {
+
+/// A program started with its stdout and stderr on pipes (stdin: /dev/null).
+struct started_program {
+  pid_t pid = -1;
+  int out = -1;  // read end of its stdout
+  int err = -1;  // read end of its stderr
+};
+
+inline started_program start_program(const std::vector<std::string>& argv) {
+  int out[2], err[2];
+  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
+    throw std::system_error(errno, std::system_category(), "pipe2");
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+  // The program starts with default signal handling and an empty mask, not
+  // with the test runner's.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t all, none;
+  sigfillset(&all);
+  sigemptyset(&none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  const int r = ::posix_spawn(&pid, args[0], &fa, &attr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  ::close(out[1]);
+  ::close(err[1]);
+  if (r != 0) {
+    ::close(out[0]);
+    ::close(err[0]);
+    throw std::system_error(r, std::system_category(), "posix_spawn " + argv[0]);
+  }
+  return {pid, out[0], err[0]};
+}
+
+struct program_result {
+  std::string out;
+  std::string err;
+  int wait_status = 0;
+};
+
+/// Collects what is left of a started program's stdout and stderr, then
+/// reaps it; kills it (and throws) if it is not done within @p timeout.
+inline program_result finish_program(started_program& p, std::chrono::milliseconds timeout = 60s) {
+  program_result r;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  char buf[65536];
+  while (p.out >= 0 || p.err >= 0) {
+    pollfd fds[2] = {{p.out, POLLIN, 0}, {p.err, POLLIN, 0}};
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      ::kill(p.pid, SIGKILL);
+      ::waitpid(p.pid, nullptr, 0);
+      if (p.out >= 0) ::close(p.out);
+      if (p.err >= 0) ::close(p.err);
+      throw std::runtime_error("program did not finish in time");
+    }
+    if (::poll(fds, 2, static_cast<int>(left.count())) < 0 && errno != EINTR)
+      throw std::system_error(errno, std::system_category(), "poll");
+    for (int i = 0; i < 2; ++i) {
+      int& fd = i == 0 ? p.out : p.err;
+      if (fd < 0 || fds[i].revents == 0) continue;
+      const ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n > 0) (i == 0 ? r.out : r.err).append(buf, static_cast<std::size_t>(n));
+      else if (n == 0 || errno != EINTR) {
+        ::close(fd);
+        fd = -1;
+      }
+    }
+  }
+  auto status = wait_for_pid(p.pid, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        std::max(deadline - std::chrono::steady_clock::now(),
+                                                 std::chrono::steady_clock::duration(1s))));
+  if (!status) {
+    ::kill(p.pid, SIGKILL);
+    ::waitpid(p.pid, nullptr, 0);
+    throw std::runtime_error("program did not exit in time");
+  }
+  r.wait_status = *status;
+  return r;
+}
+
+inline program_result run_program(const std::vector<std::string>& argv, std::chrono::milliseconds timeout = 60s) {
+  auto p = start_program(argv);
+  return finish_program(p, timeout);
+}
+
+/// Reads one line from a blocking descriptor, byte by byte (so that nothing
+/// after the newline is consumed).
+inline std::string read_line(int fd, std::chrono::milliseconds timeout = 30s) {
+  std::string line;
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) throw std::runtime_error("read_line: timed out");
+    char c;
+    const ssize_t n = ::read(fd, &c, 1);
+    if (n <= 0) return line;
+    if (c == '\n') return line;
+    line += c;
+  }
+}
+
+} // namespace coropipe_test

@@ -1,0 +1,198 @@
+// The samples, run as programs, and the helpers they print with.
+#include "python_format.hpp"
+
+#include <doctest/doctest.h>
+
+#include "support.hpp"
+
+#include <coropipe/exit_status.hpp>
+
+#include <regex>
+#include <sstream>
+
+using namespace std::chrono_literals;
+using coropipe::exit_status;
+using coropipe_test::finish_program;
+using coropipe_test::run_program;
+using coropipe_test::start_program;
+
+namespace {
+
+const std::string spam = COROPIPE_SAMPLE_SPAM;
+
+struct spam_line {
+  int pid;
+  std::string payload;  // the bytes, decoded from b'...'
+  double time;
+};
+
+// Parses "Parent <pid> got [b'...'] as <time>"; the payloads are plain
+// "Spam N" text, so b'...' holds no escapes.
+std::vector<spam_line> parse_spam(const std::string& out) {
+  static const std::regex line_re(R"(^Parent (\d+) got \[b'([^'\\]*)'\] as (\d+\.\d+)$)");
+  std::vector<spam_line> lines;
+  std::istringstream is(out);
+  for (std::string line; std::getline(is, line);) {
+    std::smatch m;
+    INFO("line: " << line);
+    REQUIRE(std::regex_match(line, m, line_re));
+    lines.push_back({std::stoi(m[1]), m[2], std::stod(m[3])});
+  }
+  return lines;
+}
+
+exit_status status_of(const coropipe_test::program_result& r) { return exit_status::from_wait_status(r.wait_status); }
+
+} // namespace
+
+TEST_CASE("python_format: bytes_repr prints like Python's repr(bytes)") {
+  // Expected values printed by Python 3.11.
+  CHECK(samples::bytes_repr("Spam 0") == "b'Spam 0'");
+  CHECK(samples::bytes_repr("Spam 4Spam 0") == "b'Spam 4Spam 0'");
+  CHECK(samples::bytes_repr("") == "b''");
+  CHECK(samples::bytes_repr("it's") == "b\"it's\"");
+  CHECK(samples::bytes_repr("both ' and \"") == "b'both \\' and \"'");
+  CHECK(samples::bytes_repr(std::string("\x00\n\t\r\\\x7f\xff", 7)) == "b'\\x00\\n\\t\\r\\\\\\x7f\\xff'");
+}
+
+TEST_CASE("python_format: float_repr prints like Python's repr(float)") {
+  CHECK(samples::float_repr(1764108421.1234567) == "1764108421.1234567");
+  CHECK(samples::float_repr(1764108421.0) == "1764108421.0");
+  CHECK(samples::float_repr(0.0001) == "0.0001");
+  CHECK(samples::float_repr(1e16) == "1e+16");
+  CHECK(samples::float_repr(1.5e-5) == "1.5e-05");
+  CHECK(samples::float_repr(123.0) == "123.0");
+  CHECK(samples::float_repr(0.1) == "0.1");
+  CHECK(samples::float_repr(-2.5) == "-2.5");
+  CHECK(samples::float_repr(1e22) == "1e+22");
+  CHECK(samples::float_repr(5e-324) == "5e-324");
+  CHECK(samples::float_repr(1234567890123456.7) == "1234567890123456.8");
+  CHECK(samples::float_repr(0.0) == "0.0");
+}
+
+TEST_CASE("spam --count: the seed's output, line for line, then exit 0") {
+  const double start = samples::unix_time();
+  auto p = start_program({spam, "--count", "6", "--tick", "20ms"});
+  const pid_t pid = p.pid;
+  const auto r = finish_program(p);
+  const double end = samples::unix_time();
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.err.empty());
+  const auto lines = parse_spam(r.out);
+  REQUIRE_FALSE(lines.empty());
+  std::string all;
+  double last = 0;
+  for (const auto& l : lines) {
+    CHECK(l.pid == pid);            // printed by the parent, as os.getpid()
+    CHECK(l.payload.size() <= 32);  // os.read(pipein, 32)
+    CHECK(l.time >= last);
+    CHECK(l.time >= start - 1);
+    CHECK(l.time <= end + 1);
+    last = l.time;
+    all += l.payload;
+  }
+  // Every message, in order, none lost or repeated; the last "Spam 0" follows
+  // "Spam 4" at once (zzz = 0), so they are often read together.
+  CHECK(all == "Spam 0Spam 1Spam 2Spam 3Spam 4Spam 0");
+  // 0+1+2+3+4+0 ticks of 20 ms at least (loosely: the machine is shared).
+  CHECK(end - start >= 0.2 - 0.01);
+}
+
+TEST_CASE("spam --read-size: smaller reads split the messages") {
+  const auto r = run_program({spam, "--count", "3", "--tick", "1ms", "--read-size", "4"});
+  CHECK(status_of(r) == exit_status::exited(0));
+  std::string all;
+  for (const auto& l : parse_spam(r.out)) {
+    CHECK(l.payload.size() <= 4);
+    all += l.payload;
+  }
+  CHECK(all == "Spam 0Spam 1Spam 2");
+}
+
+TEST_CASE("spam --count 0: nothing sent, clean end") {
+  const auto r = run_program({spam, "--count=0"});
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out.empty());
+  CHECK(r.err.empty());
+}
+
+TEST_CASE("spam --help prints the usage on stdout") {
+  const auto r = run_program({spam, "--help"});
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out.find("usage: spam") == 0);
+  CHECK(r.err.empty());
+}
+
+TEST_CASE("spam: a bad flag or value gives one line and the usage on stderr, exit 2") {
+  const std::vector<std::vector<std::string>> bad = {
+      {"--bogus"},          {"extra"},          {"--count"},       {"--count", "-1"},
+      {"--count", "3x"},    {"--tick", "5"},    {"--tick", "1h"},  {"--tick", "-1s"},
+      {"--read-size", "0"}, {"--read-size=x"},  {"--tick", "ms"}};
+  for (const auto& args : bad) {
+    std::vector<std::string> argv{spam};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const auto r = run_program(argv);
+    INFO("args: " << args.front() << (args.size() > 1 ? " " + args[1] : ""));
+    CHECK(status_of(r) == exit_status::exited(2));
+    CHECK(r.out.empty());
+    CHECK(r.err.find("spam: ") == 0);
+    const auto eol = r.err.find('\n');
+    REQUIRE(eol != std::string::npos);
+    CHECK(r.err.substr(eol + 1).find("usage: spam") == 0);
+  }
+}
+
+namespace {
+
+// Starts spam, waits for its first line (which proves line buffering: the
+// program is still running), and finds its forked child.
+struct running_spam {
+  coropipe_test::started_program p;
+  pid_t child = 0;
+
+  running_spam() {
+    p = start_program({spam, "--tick", "50ms"});
+    const std::string first = coropipe_test::read_line(p.out);
+    CHECK(first.find("Parent " + std::to_string(p.pid) + " got [b'Spam 0'] as ") == 0);
+    const auto kids = coropipe_test::children_of(p.pid);
+    REQUIRE(kids.size() == 1);
+    child = kids.front();
+  }
+};
+
+} // namespace
+
+TEST_CASE("spam: Ctrl-C or SIGTERM stops and reaps the child, and the program dies of the signal") {
+  for (int sig : {SIGINT, SIGTERM}) {
+    running_spam s;
+    const auto sent = std::chrono::steady_clock::now();
+    ::kill(s.p.pid, sig);
+    const auto r = finish_program(s.p, 10s);
+    const auto took = std::chrono::steady_clock::now() - sent;
+    INFO("signal " << sig);
+    CHECK(status_of(r) == exit_status::killed(sig));
+    CHECK(r.err.empty());
+    // The target is 100 ms; checked loosely, the machine is shared.
+    CHECK(took < 3s);
+    // Reaped by spam, not orphaned: it would be re-parented to this subreaper.
+    CHECK(coropipe_test::process_state(s.child) == 0);
+  }
+}
+
+TEST_CASE("spam: a child killed by a signal is reported on stderr, exit 1") {
+  running_spam s;
+  ::kill(s.child, SIGKILL);
+  const auto r = finish_program(s.p, 10s);
+  CHECK(status_of(r) == exit_status::exited(1));
+  CHECK(r.err == "spam: child " + std::to_string(s.child) + " killed by SIGKILL\n");
+}
+
+TEST_CASE("spam: when its reader goes away it stops quietly, like a SIGPIPE'd program") {
+  running_spam s;
+  ::close(s.p.out);  // spam | head -1
+  s.p.out = -1;
+  const auto r = finish_program(s.p, 10s);
+  CHECK(status_of(r) == exit_status::exited(128 + SIGPIPE));
+  CHECK(r.err.empty());
+  CHECK(coropipe_test::process_state(s.child) == 0);
+}
