@@ -1,0 +1,518 @@
+/// @file
+/// coropipe::framed_stream: messages over any descriptor-based Asio stream
+/// (a pipe end, a socketpair end, a TCP socket), in the wire format of
+/// Python's `multiprocessing.connection` (see frame.hpp).
+///
+/// ### Sending
+/// async_send() appends the whole frame to a send queue, so frames from
+/// several coroutines never interleave, and a background flush writes the
+/// queue with as few writev(2) calls as possible: many small messages go out
+/// in one system call. A payload of up to `copy_threshold` bytes (16 KiB) is
+/// copied into the queue and its send **completes as soon as it is queued**,
+/// while the queue holds less than `send_buffer_size` bytes (64 KiB) — like a
+/// write into the pipe's own kernel buffer, which the queue extends. Beyond
+/// that, senders wait for room: backpressure, with bounded memory. A larger
+/// payload is written from your memory (not copied) and its send completes
+/// once it has been written.
+///
+/// Data queued when the framed_stream is destroyed is still written: the
+/// stream lingers in the background until its queue is empty (as long as its
+/// executor runs), and only then closes the descriptor. async_flush() waits
+/// until everything queued is written; async_close() flushes, then closes.
+/// A write error (`asio::error::broken_pipe` when the reader is gone) is
+/// reported by the send that meets it and by every later send or flush; frames
+/// queued at that moment are lost, as bytes in a pipe's buffer are lost when
+/// its reader exits.
+///
+/// ### Receiving
+/// async_receive() completes with the next message's payload, or with an
+/// empty optional at a clean end of stream (between frames). The payload is a
+/// view into the stream's read-ahead buffer, valid until the next receive.
+/// One read(2) can bring many frames, and later receives take them without a
+/// system call. Malformed input gives `errc::malformed_frame`,
+/// `errc::message_too_large` (checked before any allocation), or
+/// `errc::truncated_message` when the stream ends inside a frame; such errors
+/// are sticky. One receive at a time (a second concurrent one completes with
+/// `asio::error::already_started`).
+///
+/// ### Cancellation
+/// Both operations support per-operation cancellation (terminal), so
+/// `co_await (fs.async_receive(use_awaitable) || timer.async_wait(use_awaitable))`
+/// is a receive with a timeout.
+/// - A cancelled receive completes with `asio::error::operation_aborted` and
+///   loses nothing: bytes already read stay buffered and the next receive
+///   continues with the same message.
+/// - A send cancelled while it waits for room has queued nothing: it completes
+///   with `operation_aborted` and the peer never sees the message. A large
+///   send cancelled while its frame is queued: if none of the frame was
+///   written yet, it is removed (`operation_aborted`, never seen by the peer);
+///   if part of it was written, the rest is copied and still written (frames
+///   are never torn) and the send completes without error. Either way your
+///   buffer may be released as soon as the send completes.
+///
+/// A framed_stream is used from one thread at a time (or a strand), like
+/// Asio's I/O objects.
+#pragma once
+
+#include <coropipe/error.hpp>
+#include <coropipe/frame.hpp>
+#include <coropipe/io.hpp>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/cancellation_type.hpp>
+#include <asio/posix/stream_descriptor.hpp>
+#include <asio/steady_timer.hpp>
+
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <span>
+#include <system_error>
+
+namespace coropipe {
+
+/// Tuning of a framed_stream; the defaults suit most uses.
+struct framed_options {
+  /// The largest payload accepted from the peer.
+  std::size_t max_message_size = default_max_message_size;
+  /// Read-ahead: the room offered to each read(2).
+  std::size_t read_size = std::size_t{64} << 10;
+  /// Sends complete while fewer bytes than this wait to be written.
+  std::size_t send_buffer_size = std::size_t{64} << 10;
+  /// Payloads up to this size are copied into the send queue; larger ones
+  /// are written from the caller's memory.
+  std::size_t copy_threshold = std::size_t{16} << 10;
+};
+
+/// A received message: a view of its payload, valid until the next receive.
+using message_view = std::span<const std::byte>;
+
+namespace detail {
+
+template <typename Stream>
+struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
+  framed_state(Stream s, const framed_options& o)
+      : stream(std::move(s)), opts(o), rbuf(o.max_message_size, o.read_size),
+        progress(stream.get_executor(), asio::steady_timer::time_point::max()) {}
+
+  Stream stream;
+  framed_options opts;
+
+  // Receiving.
+  frame_buffer rbuf;
+  bool receiving = false;
+  bool eof = false;
+  std::error_code read_error;
+
+  // Sending.
+  send_queue queue;
+  bool flushing = false;
+  std::error_code write_error;
+  // Senders and flushers wait on this timer; the flush cancels it whenever
+  // it makes progress (or fails), which wakes them all to look again.
+  asio::steady_timer progress;
+
+  bool has_room() const noexcept { return queue.pending_bytes() < opts.send_buffer_size; }
+
+  void notify() {
+    std::error_code ignored;
+    progress.cancel();
+  }
+
+  // Starts the background flush if it is not running.
+  void kick() {
+    if (flushing || write_error || queue.pending_bytes() == 0) return;
+    flushing = true;
+    asio::post(stream.get_executor(), [self = this->shared_from_this()] { self->flush(); });
+  }
+
+  void flush() {
+    ensure_sigpipe_blocked();
+    prepare(stream);
+    bool progressed = false;
+    for (;;) {
+      ::iovec iov[max_iovecs];
+      const int n = queue.gather(iov, max_iovecs);
+      if (n == 0) break;
+      std::error_code ec;
+      const std::size_t written = try_writev(stream.native_handle(), iov, n, ec);
+      if (ec == asio::error::would_block) {
+        if (progressed) notify();
+        stream.async_wait(Stream::wait_write, [self = this->shared_from_this()](std::error_code wait_ec) {
+          // Cancelled by a stream.cancel() (our destructor stopping a
+          // receive): keep flushing while the descriptor is open.
+          if (wait_ec && (wait_ec != asio::error::operation_aborted || !self->stream.is_open())) {
+            self->fail(wait_ec);
+            return;
+          }
+          self->flush();
+        });
+        return;
+      }
+      if (ec) {
+        fail(ec);
+        return;
+      }
+      queue.advance(written);
+      progressed = true;
+    }
+    flushing = false;
+    notify();
+  }
+
+  void fail(std::error_code ec) {
+    write_error = ec;
+    flushing = false;
+    notify();
+  }
+
+  // Takes the next buffered frame, reading (without blocking) if needed.
+  // Returns true when the receive is over: with a message, an end of
+  // stream (nothing, no error), or an error; false when it must wait.
+  bool try_receive(std::optional<message_view>& msg, std::error_code& ec) {
+    for (;;) {
+      if (read_error) {
+        ec = read_error;
+        return true;
+      }
+      msg = rbuf.next(ec);
+      if (ec) {
+        read_error = ec;
+        return true;
+      }
+      if (msg) return true;
+      if (eof) {
+        ec = rbuf.finish();
+        if (ec) read_error = ec;
+        return true;
+      }
+      prepare(stream);
+      const auto room = rbuf.prepare();
+      std::error_code rec;
+      const std::size_t n = try_read(stream.native_handle(), room.data(), room.size(), rec);
+      if (rec == asio::error::would_block) return false;
+      if (rec == asio::error::eof) {
+        eof = true;
+        continue;
+      }
+      if (rec) {
+        read_error = rec;
+        ec = rec;
+        return true;
+      }
+      rbuf.commit(n);
+    }
+  }
+};
+
+template <typename Stream>
+class receive_op {
+public:
+  explicit receive_op(std::shared_ptr<framed_state<Stream>> st) : st_(std::move(st)) {}
+
+  template <typename Self>
+  void operator()(Self& self, std::error_code ec = {}) {
+    if (phase_ == phase::completing) return done(self, ec_);
+    if (phase_ == phase::starting) {
+      if (st_->receiving) {
+        ec_ = asio::error::already_started;
+        phase_ = phase::completing;
+        asio::post(std::move(self));
+        return;
+      }
+      st_->receiving = true;
+      if (st_->try_receive(msg_, ec_)) {
+        phase_ = phase::completing;
+        asio::post(std::move(self));
+        return;
+      }
+      phase_ = phase::waiting;
+    } else if (ec) {
+      return done(self, ec);  // cancelled (or the descriptor failed): nothing lost
+    } else if (st_->try_receive(msg_, ec_)) {
+      return done(self, ec_);
+    }
+    note_wait();
+    st_->stream.async_wait(Stream::wait_read, std::move(self));
+  }
+
+private:
+  enum class phase : unsigned char { starting, waiting, completing };
+
+  template <typename Self>
+  void done(Self& self, std::error_code ec) {
+    if (ec != asio::error::already_started) st_->receiving = false;
+    auto st = std::move(st_);
+    self.complete(ec, ec ? std::nullopt : msg_);
+  }
+
+  std::shared_ptr<framed_state<Stream>> st_;
+  std::optional<message_view> msg_;
+  std::error_code ec_;
+  phase phase_ = phase::starting;
+};
+
+template <typename Stream>
+class send_op {
+public:
+  send_op(std::shared_ptr<framed_state<Stream>> st, message_view payload, bool flush_only, bool close_after)
+      : st_(std::move(st)), payload_(payload), flush_only_(flush_only), close_after_(close_after) {}
+
+  template <typename Self>
+  void operator()(Self& self, std::error_code ec = {}) {
+    if (phase_ == phase::completing) return done(self, ec_);
+    if (phase_ != phase::starting && ec && ec != asio::error::operation_aborted) return done(self, ec);
+    const bool cancelled = phase_ != phase::starting && ec == asio::error::operation_aborted &&
+                           self.get_cancellation_state().cancelled() != asio::cancellation_type::none;
+    auto& st = *st_;
+    for (;;) {
+      if (st.write_error) return finish(self, st.write_error);
+      switch (phase_) {
+      case phase::starting:
+        phase_ = flush_only_ ? phase::flushing : phase::room;
+        continue;
+      case phase::room:
+        if (cancelled) return finish(self, asio::error::operation_aborted);
+        if (!st.has_room()) return wait(self);
+        if (payload_.size() <= st.opts.copy_threshold) {
+          st.queue.push_copy(payload_);
+          st.kick();
+          return finish(self, {});
+        }
+        seq_ = st.queue.push_borrowed(payload_);
+        st.kick();
+        phase_ = phase::written;
+        continue;
+      case phase::written:
+        if (st.queue.written_seq() >= seq_) return finish(self, {});
+        if (cancelled) {
+          const auto r = st.queue.cancel(seq_);
+          st.kick();
+          return finish(self, r == send_queue::cancel_result::removed ? std::error_code(asio::error::operation_aborted)
+                                                                      : std::error_code());
+        }
+        return wait(self);
+      case phase::flushing:
+        if (st.queue.empty()) {
+          if (close_after_) {
+            std::error_code ignored;
+            st.stream.close(ignored);
+          }
+          return finish(self, {});
+        }
+        if (cancelled) return finish(self, asio::error::operation_aborted);
+        st.kick();
+        return wait(self);
+      case phase::completing:
+        return;
+      }
+    }
+  }
+
+private:
+  enum class phase : unsigned char { starting, room, written, flushing, completing };
+
+  template <typename Self>
+  void wait(Self& self) {
+    started_async_ = true;
+    note_wait();
+    st_->progress.async_wait(std::move(self));
+  }
+
+  // Completes, through a post when nothing asynchronous happened yet.
+  template <typename Self>
+  void finish(Self& self, std::error_code ec) {
+    if (started_async_) return done(self, ec);
+    ec_ = ec;
+    phase_ = phase::completing;
+    asio::post(std::move(self));
+  }
+
+  template <typename Self>
+  void done(Self& self, std::error_code ec) {
+    auto st = std::move(st_);
+    self.complete(ec);
+  }
+
+  std::shared_ptr<framed_state<Stream>> st_;
+  message_view payload_;
+  send_queue::seq_t seq_ = 0;
+  std::error_code ec_;
+  phase phase_ = phase::starting;
+  bool flush_only_;
+  bool close_after_;
+  bool started_async_ = false;
+};
+
+// The coroutine fast paths: complete without suspending when possible.
+template <typename Stream>
+asio::awaitable<std::tuple<std::error_code>> send_tuple(std::shared_ptr<framed_state<Stream>> st, message_view payload) {
+  if (!st->write_error && st->has_room() && payload.size() <= st->opts.copy_threshold && !should_yield()) {
+    st->queue.push_copy(payload);
+    st->kick();
+    co_return std::tuple<std::error_code>{};
+  }
+  co_return co_await asio::async_compose<const asio::experimental::as_tuple_t<asio::use_awaitable_t<>>&,
+                                         void(std::error_code)>(send_op<Stream>(st, payload, false, false),
+                                                                asio::experimental::as_tuple(asio::use_awaitable),
+                                                                st->stream);
+}
+
+template <typename Stream>
+asio::awaitable<void> send_throwing(std::shared_ptr<framed_state<Stream>> st, message_view payload) {
+  auto [ec] = co_await send_tuple(std::move(st), payload);
+  if (ec) throw std::system_error(ec, "coropipe::framed_stream::async_send");
+}
+
+template <typename Stream>
+asio::awaitable<std::tuple<std::error_code, std::optional<message_view>>> receive_tuple(
+    std::shared_ptr<framed_state<Stream>> st) {
+  if (!st->receiving && !should_yield()) {
+    std::optional<message_view> msg;
+    std::error_code ec;
+    if (st->try_receive(msg, ec)) co_return std::tuple{ec, ec ? std::nullopt : msg};
+  }
+  co_return co_await asio::async_compose<const asio::experimental::as_tuple_t<asio::use_awaitable_t<>>&,
+                                         void(std::error_code, std::optional<message_view>)>(
+      receive_op<Stream>(st), asio::experimental::as_tuple(asio::use_awaitable), st->stream);
+}
+
+template <typename Stream>
+asio::awaitable<std::optional<message_view>> receive_throwing(std::shared_ptr<framed_state<Stream>> st) {
+  auto [ec, msg] = co_await receive_tuple(std::move(st));
+  if (ec) throw std::system_error(ec, "coropipe::framed_stream::async_receive");
+  co_return msg;
+}
+
+} // namespace detail
+
+/// Length-prefixed messages over a descriptor-based stream. See the file's
+/// documentation for the semantics of sending, receiving and cancellation.
+template <descriptor_stream Stream = asio::posix::stream_descriptor>
+class framed_stream {
+public:
+  using executor_type = typename Stream::executor_type;
+  using stream_type = Stream;
+
+  /// Takes @p stream (e.g. from coropipe::attach()).
+  explicit framed_stream(Stream stream, const framed_options& options = {})
+      : st_(std::make_shared<detail::framed_state<Stream>>(std::move(stream), options)) {}
+
+  framed_stream(framed_stream&&) noexcept = default;
+  /// The stream assigned over lingers as the destructor describes.
+  framed_stream& operator=(framed_stream&& other) noexcept {
+    if (this != &other) {
+      release();
+      st_ = std::move(other.st_);
+    }
+    return *this;
+  }
+
+  /// Pending receives complete with operation_aborted; queued frames are
+  /// still written in the background, then the descriptor is closed.
+  ~framed_stream() { release(); }
+
+  [[nodiscard]] executor_type get_executor() const { return st_->stream.get_executor(); }
+
+  /// The underlying stream. Reading or writing it directly breaks the framing.
+  [[nodiscard]] Stream& next_layer() noexcept { return st_->stream; }
+
+  [[nodiscard]] const framed_options& options() const noexcept { return st_->opts; }
+
+  /// Changes the largest payload accepted (for frames not yet begun).
+  void max_message_size(std::size_t n) noexcept {
+    st_->opts.max_message_size = n;
+    st_->rbuf.max_message_size(n);
+  }
+
+  /// Sends one message whose payload is @p payload.
+  ///
+  /// Completion signature: `void(std::error_code)`.
+  ///
+  /// Small payloads are copied and the send completes once queued; larger
+  /// ones must stay valid until the send completes.
+  template <typename SendToken = asio::default_completion_token_t<executor_type>>
+  auto async_send(asio::const_buffer payload, SendToken&& token = asio::default_completion_token_t<executor_type>()) {
+    const message_view view(static_cast<const std::byte*>(payload.data()), payload.size());
+    if constexpr (detail::is_use_awaitable<SendToken>) {
+      return detail::send_throwing(st_, view);
+    } else if constexpr (detail::is_as_tuple_use_awaitable<SendToken>) {
+      return detail::send_tuple(st_, view);
+    } else {
+      return asio::async_compose<SendToken, void(std::error_code)>(
+          detail::send_op<Stream>(st_, view, false, false), token, st_->stream);
+    }
+  }
+
+  /// Queues a copy of one message if that can be done at once: the payload
+  /// is at most `copy_threshold` bytes, the queue has room, and no write
+  /// error happened. Never waits, never allocates once the queue is warm.
+  /// @returns true when queued (the send is then as good as complete), false
+  /// when nothing was queued (use async_send()).
+  bool try_send(asio::const_buffer payload) {
+    auto& st = *st_;
+    if (st.write_error || !st.has_room() || payload.size() > st.opts.copy_threshold) return false;
+    st.queue.push_copy({static_cast<const std::byte*>(payload.data()), payload.size()});
+    st.kick();
+    return true;
+  }
+
+  /// Receives the next message.
+  ///
+  /// Completion signature:
+  /// `void(std::error_code, std::optional<coropipe::message_view>)`.
+  ///
+  /// The optional is empty at a clean end of stream; the view is valid until
+  /// the next receive.
+  template <typename ReceiveToken = asio::default_completion_token_t<executor_type>>
+  auto async_receive(ReceiveToken&& token = asio::default_completion_token_t<executor_type>()) {
+    if constexpr (detail::is_use_awaitable<ReceiveToken>) {
+      return detail::receive_throwing(st_);
+    } else if constexpr (detail::is_as_tuple_use_awaitable<ReceiveToken>) {
+      return detail::receive_tuple(st_);
+    } else {
+      return asio::async_compose<ReceiveToken, void(std::error_code, std::optional<message_view>)>(
+          detail::receive_op<Stream>(st_), token, st_->stream);
+    }
+  }
+
+  /// Waits until every message queued so far has been written.
+  ///
+  /// Completion signature: `void(std::error_code)`.
+  template <typename FlushToken = asio::default_completion_token_t<executor_type>>
+  auto async_flush(FlushToken&& token = asio::default_completion_token_t<executor_type>()) {
+    return asio::async_compose<FlushToken, void(std::error_code)>(
+        detail::send_op<Stream>(st_, {}, true, false), token, st_->stream);
+  }
+
+  /// Flushes, then closes the descriptor (the peer then reads end of stream).
+  ///
+  /// Completion signature: `void(std::error_code)`.
+  template <typename CloseToken = asio::default_completion_token_t<executor_type>>
+  auto async_close(CloseToken&& token = asio::default_completion_token_t<executor_type>()) {
+    return asio::async_compose<CloseToken, void(std::error_code)>(
+        detail::send_op<Stream>(st_, {}, true, true), token, st_->stream);
+  }
+
+  /// Bytes queued and not yet written.
+  [[nodiscard]] std::size_t pending_bytes() const noexcept { return st_->queue.pending_bytes(); }
+
+  /// Heap memory held for buffering, in bytes (read-ahead and send queue).
+  [[nodiscard]] std::size_t buffer_memory() const noexcept {
+    return st_->rbuf.capacity() + st_->queue.capacity();
+  }
+
+private:
+  void release() noexcept {
+    if (!st_) return;
+    if (st_->receiving) {
+      std::error_code ignored;
+      st_->stream.cancel(ignored);
+    }
+    st_.reset();
+  }
+
+  std::shared_ptr<detail::framed_state<Stream>> st_;
+};
+
+} // namespace coropipe

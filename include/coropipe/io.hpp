@@ -1,0 +1,318 @@
+/// @file
+/// Fast byte-stream operations for descriptor-based Asio streams (pipe ends,
+/// socketpairs, TCP sockets): coropipe::async_read_some, async_write_some and
+/// async_write.
+///
+/// They try the system call first and wait for readiness only when it would
+/// block, where Asio's own operations queue every completion through the
+/// scheduler (an extra `epoll_wait` each). With `asio::use_awaitable` or
+/// `asio::experimental::as_tuple(asio::use_awaitable)` an operation that can
+/// complete at once does so without suspending the coroutine at all; with any
+/// other completion token it behaves like an ordinary Asio operation (never
+/// completing inside the initiating function).
+///
+/// A coroutine that never meets EAGAIN would keep its thread forever, so after
+/// 64 consecutive immediate completions on a thread the next one yields
+/// (posts itself to the executor) to let other work run.
+///
+/// Errors are Asio's: `asio::error::eof`, `asio::error::broken_pipe`,
+/// `asio::error::operation_aborted` on per-operation cancellation (honoured
+/// while waiting for readiness), other errno values in Asio's system category.
+/// SIGPIPE is blocked in the writing thread and a pending one discarded after
+/// EPIPE (see sigpipe.hpp). The stream is put in non-blocking mode
+/// (`native_non_blocking(true)`) on first use.
+#pragma once
+
+#include <asio/async_result.hpp>
+#include <asio/awaitable.hpp>
+#include <asio/buffer.hpp>
+#include <asio/compose.hpp>
+#include <asio/error.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/post.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <sys/uio.h>
+
+#include <concepts>
+#include <cstddef>
+#include <system_error>
+#include <tuple>
+#include <type_traits>
+
+namespace coropipe {
+
+/// A stream coropipe's fast operations work on: it has a native descriptor,
+/// can wait for readiness, and can be switched to non-blocking mode.
+template <typename Stream>
+concept descriptor_stream = requires(Stream& s, const Stream& cs) {
+  { s.native_handle() } -> std::convertible_to<int>;
+  s.native_non_blocking(true);
+  { cs.native_non_blocking() } -> std::convertible_to<bool>;
+  typename Stream::executor_type;
+  Stream::wait_read;
+  Stream::wait_write;
+};
+
+namespace detail {
+
+// One read(2) on a non-blocking descriptor: bytes read, or ec set
+// (would_block, eof, or the errno in Asio's system category). EINTR retried.
+std::size_t try_read(int fd, void* data, std::size_t size, std::error_code& ec) noexcept;
+
+// One writev(2); EPIPE also discards the SIGPIPE it raised.
+std::size_t try_writev(int fd, const ::iovec* iov, int count, std::error_code& ec) noexcept;
+
+// Makes sure SIGPIPE is blocked in the calling thread (cached per thread).
+void ensure_sigpipe_blocked() noexcept;
+
+// Counts consecutive immediate completions on this thread; true when the
+// caller should yield before completing.
+bool should_yield() noexcept;
+// Resets the count: the thread is about to wait.
+void note_wait() noexcept;
+
+template <typename Stream>
+void prepare(Stream& s) {
+  if (!s.native_non_blocking()) {
+    std::error_code ec;
+    s.native_non_blocking(true, ec);
+  }
+}
+
+// Fills an iovec array from a buffer sequence, skipping @p skip bytes.
+// Returns the number of entries (at most max).
+template <typename ConstBufferSequence>
+int to_iovecs(const ConstBufferSequence& buffers, std::size_t skip, ::iovec* iov, int max) {
+  int n = 0;
+  for (auto it = asio::buffer_sequence_begin(buffers); it != asio::buffer_sequence_end(buffers) && n < max; ++it) {
+    asio::const_buffer b(*it);
+    if (skip >= b.size()) {
+      skip -= b.size();
+      continue;
+    }
+    b += skip;
+    skip = 0;
+    if (b.size() == 0) continue;
+    iov[n].iov_base = const_cast<void*>(b.data());
+    iov[n].iov_len = b.size();
+    ++n;
+  }
+  return n;
+}
+
+inline constexpr int max_iovecs = 64;
+
+template <typename Token>
+inline constexpr bool is_use_awaitable =
+    std::is_same_v<std::decay_t<Token>, asio::use_awaitable_t<asio::any_io_executor>>;
+
+template <typename Token>
+inline constexpr bool is_as_tuple_use_awaitable =
+    std::is_same_v<std::decay_t<Token>,
+                   asio::experimental::as_tuple_t<asio::use_awaitable_t<asio::any_io_executor>>>;
+
+// --- read_some -------------------------------------------------------------
+
+template <typename Stream>
+std::tuple<std::error_code, std::size_t> read_some_now(Stream& s, asio::mutable_buffer b) {
+  std::error_code ec;
+  const std::size_t n = try_read(s.native_handle(), b.data(), b.size(), ec);
+  return {ec, n};
+}
+
+template <typename Stream>
+asio::awaitable<std::tuple<std::error_code, std::size_t>> read_some_tuple(Stream& s, asio::mutable_buffer b) {
+  prepare(s);
+  if (b.size() == 0) co_return std::tuple<std::error_code, std::size_t>{};
+  for (;;) {
+    auto [ec, n] = read_some_now(s, b);
+    if (ec != asio::error::would_block) {
+      if (should_yield()) co_await asio::post(s.get_executor(), asio::use_awaitable);
+      co_return std::tuple{ec, n};
+    }
+    note_wait();
+    auto [wait_ec] = co_await s.async_wait(Stream::wait_read, asio::experimental::as_tuple(asio::use_awaitable));
+    if (wait_ec) co_return std::tuple<std::error_code, std::size_t>{wait_ec, 0};
+  }
+}
+
+template <typename Stream>
+asio::awaitable<std::size_t> read_some_throwing(Stream& s, asio::mutable_buffer b) {
+  auto [ec, n] = co_await read_some_tuple(s, b);
+  if (ec) throw std::system_error(ec, "coropipe::async_read_some");
+  co_return n;
+}
+
+template <typename Stream>
+struct read_some_op {
+  Stream& s;
+  asio::mutable_buffer b;
+  std::error_code result_ec{};
+  std::size_t result_n = 0;
+  bool posted = false;
+
+  template <typename Self>
+  void operator()(Self& self, std::error_code ec = {}) {
+    if (posted) return self.complete(result_ec, result_n);
+    if (ec) return self.complete(ec, std::size_t{0});
+    prepare(s);
+    if (b.size() != 0) {
+      auto [rec, n] = read_some_now(s, b);
+      if (rec == asio::error::would_block) {
+        note_wait();
+        s.async_wait(Stream::wait_read, std::move(self));
+        return;
+      }
+      result_ec = rec;
+      result_n = n;
+    }
+    posted = true;
+    asio::post(std::move(self));
+  }
+};
+
+// --- write -----------------------------------------------------------------
+
+template <typename Stream, typename ConstBufferSequence>
+std::tuple<std::error_code, std::size_t> write_now(Stream& s, const ConstBufferSequence& buffers, std::size_t skip) {
+  ::iovec iov[max_iovecs];
+  const int n = to_iovecs(buffers, skip, iov, max_iovecs);
+  if (n == 0) return {std::error_code(), 0};
+  std::error_code ec;
+  const std::size_t written = try_writev(s.native_handle(), iov, n, ec);
+  return {ec, written};
+}
+
+// Writes all of @p buffers (all = true) or at least one byte (all = false).
+template <typename Stream, typename ConstBufferSequence>
+asio::awaitable<std::tuple<std::error_code, std::size_t>> write_tuple(Stream& s, ConstBufferSequence buffers,
+                                                                     bool all) {
+  ensure_sigpipe_blocked();
+  prepare(s);
+  const std::size_t total = asio::buffer_size(buffers);
+  std::size_t done = 0;
+  while (done < total) {
+    auto [ec, n] = write_now(s, buffers, done);
+    if (ec == asio::error::would_block) {
+      note_wait();
+      auto [wait_ec] = co_await s.async_wait(Stream::wait_write, asio::experimental::as_tuple(asio::use_awaitable));
+      if (wait_ec) co_return std::tuple{wait_ec, done};
+      continue;
+    }
+    done += n;
+    if (ec) co_return std::tuple{ec, done};
+    if (!all) break;
+  }
+  if (should_yield()) co_await asio::post(s.get_executor(), asio::use_awaitable);
+  co_return std::tuple{std::error_code(), done};
+}
+
+template <typename Stream, typename ConstBufferSequence>
+asio::awaitable<std::size_t> write_throwing(Stream& s, ConstBufferSequence buffers, bool all) {
+  auto [ec, n] = co_await write_tuple(s, std::move(buffers), all);
+  if (ec) throw std::system_error(ec, all ? "coropipe::async_write" : "coropipe::async_write_some");
+  co_return n;
+}
+
+template <typename Stream, typename ConstBufferSequence>
+struct write_op {
+  Stream& s;
+  ConstBufferSequence buffers;
+  bool all;
+  std::size_t done = 0;
+  std::error_code result_ec{};
+  bool posted = false;
+  bool waited = false;
+
+  template <typename Self>
+  void operator()(Self& self, std::error_code ec = {}) {
+    if (posted) return self.complete(result_ec, done);
+    if (ec) return self.complete(ec, done);
+    if (!waited) {
+      ensure_sigpipe_blocked();
+      prepare(s);
+    }
+    const std::size_t total = asio::buffer_size(buffers);
+    while (done < total) {
+      auto [wec, n] = write_now(s, buffers, done);
+      if (wec == asio::error::would_block) {
+        note_wait();
+        waited = true;
+        s.async_wait(Stream::wait_write, std::move(self));
+        return;
+      }
+      done += n;
+      if (wec) {
+        result_ec = wec;
+        break;
+      }
+      if (!all) break;
+    }
+    if (waited) return self.complete(result_ec, done);
+    posted = true;
+    asio::post(std::move(self));
+  }
+};
+
+} // namespace detail
+
+/// Reads some bytes from @p s into @p buffer: at least one, unless the buffer
+/// is empty; at most what one read(2) returns.
+///
+/// Completion signature: `void(std::error_code, std::size_t)`.
+///
+/// At the end of the stream completes with `asio::error::eof` (and 0), as
+/// Asio's own async_read_some does. Cancellation (per-operation, terminal)
+/// applies while waiting for data; no bytes are lost by a cancelled read.
+template <descriptor_stream Stream, typename ReadToken>
+auto async_read_some(Stream& s, const asio::mutable_buffer& buffer, ReadToken&& token) {
+  if constexpr (detail::is_use_awaitable<ReadToken>) {
+    return detail::read_some_throwing(s, buffer);
+  } else if constexpr (detail::is_as_tuple_use_awaitable<ReadToken>) {
+    return detail::read_some_tuple(s, buffer);
+  } else {
+    return asio::async_compose<ReadToken, void(std::error_code, std::size_t)>(
+        detail::read_some_op<Stream>{s, buffer}, token, s);
+  }
+}
+
+/// Writes all of @p buffers to @p s, with writev(2) for several buffers.
+///
+/// Completion signature: `void(std::error_code, std::size_t)` (bytes written).
+///
+/// A reader that is gone gives `asio::error::broken_pipe`, never SIGPIPE.
+/// Cancellation applies while waiting for room; the bytes written so far are
+/// reported and the rest is not written (the stream's position is then
+/// between frames only if you made it so).
+template <descriptor_stream Stream, typename ConstBufferSequence, typename WriteToken>
+  requires asio::is_const_buffer_sequence<ConstBufferSequence>::value
+auto async_write(Stream& s, const ConstBufferSequence& buffers, WriteToken&& token) {
+  if constexpr (detail::is_use_awaitable<WriteToken>) {
+    return detail::write_throwing(s, buffers, true);
+  } else if constexpr (detail::is_as_tuple_use_awaitable<WriteToken>) {
+    return detail::write_tuple(s, buffers, true);
+  } else {
+    return asio::async_compose<WriteToken, void(std::error_code, std::size_t)>(
+        detail::write_op<Stream, ConstBufferSequence>{s, buffers, true}, token, s);
+  }
+}
+
+/// Writes some of @p buffers to @p s: at least one byte unless they are empty,
+/// at most what one writev(2) takes.
+///
+/// Completion signature: `void(std::error_code, std::size_t)`.
+template <descriptor_stream Stream, typename ConstBufferSequence, typename WriteToken>
+  requires asio::is_const_buffer_sequence<ConstBufferSequence>::value
+auto async_write_some(Stream& s, const ConstBufferSequence& buffers, WriteToken&& token) {
+  if constexpr (detail::is_use_awaitable<WriteToken>) {
+    return detail::write_throwing(s, buffers, false);
+  } else if constexpr (detail::is_as_tuple_use_awaitable<WriteToken>) {
+    return detail::write_tuple(s, buffers, false);
+  } else {
+    return asio::async_compose<WriteToken, void(std::error_code, std::size_t)>(
+        detail::write_op<Stream, ConstBufferSequence>{s, buffers, false}, token, s);
+  }
+}
+
+} // namespace coropipe

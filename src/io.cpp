@@ -1,0 +1,68 @@
+#include <coropipe/io.hpp>
+
+#include <coropipe/sigpipe.hpp>
+
+#include <asio/error.hpp>
+
+#include <cerrno>
+#include <unistd.h>
+
+namespace coropipe::detail {
+
+namespace {
+
+thread_local bool sigpipe_checked = false;
+thread_local unsigned immediate_completions = 0;
+
+constexpr unsigned yield_every = 64;
+
+std::error_code errno_code(int err) noexcept {
+  if (err == EAGAIN || err == EWOULDBLOCK) return asio::error::would_block;
+  return {err, asio::error::get_system_category()};
+}
+
+} // namespace
+
+std::size_t try_read(int fd, void* data, std::size_t size, std::error_code& ec) noexcept {
+  ec.clear();
+  for (;;) {
+    const ssize_t n = ::read(fd, data, size);
+    if (n > 0) return static_cast<std::size_t>(n);
+    if (n == 0) {
+      ec = asio::error::eof;
+      return 0;
+    }
+    if (errno == EINTR) continue;
+    ec = errno_code(errno);
+    return 0;
+  }
+}
+
+std::size_t try_writev(int fd, const ::iovec* iov, int count, std::error_code& ec) noexcept {
+  ec.clear();
+  for (;;) {
+    const ssize_t n = count == 1 ? ::write(fd, iov[0].iov_base, iov[0].iov_len) : ::writev(fd, iov, count);
+    if (n >= 0) return static_cast<std::size_t>(n);
+    if (errno == EINTR) continue;
+    const int err = errno;
+    if (err == EPIPE) discard_pending_sigpipe();
+    ec = errno_code(err);
+    return 0;
+  }
+}
+
+void ensure_sigpipe_blocked() noexcept {
+  if (sigpipe_checked) return;
+  block_sigpipe_in_this_thread();
+  sigpipe_checked = true;
+}
+
+bool should_yield() noexcept {
+  if (++immediate_completions < yield_every) return false;
+  immediate_completions = 0;
+  return true;
+}
+
+void note_wait() noexcept { immediate_completions = 0; }
+
+} // namespace coropipe::detail
