@@ -13,7 +13,7 @@
        <!-- end include -->
 
    where the source marks the region with `// [docs:spam-child]` and
-   `// [docs:end]` lines. --check fails when a copy differs from its source.
+   `// [docs:end]` lines (`#` instead of `//` in Python and shell). --check fails when a copy differs from its source.
 2. Reference pages. docs/reference/<header>.md is generated from the `///`
    comments of include/coropipe/<header>.hpp: every public header has one.
 3. The README's commands. The README marks its two commands with
@@ -32,7 +32,7 @@ INCLUDE_RE = re.compile(
 
 def region(path, name):
     text = (ROOT / path).read_text()
-    m = re.search(r"^[ \t]*// \[docs:%s\]\n(.*?)^[ \t]*// \[docs:end\]\n" % re.escape(name), text, re.S | re.M)
+    m = re.search(r"^[ \t]*(?://|#) \[docs:%s\]\n(.*?)^[ \t]*(?://|#) \[docs:end\]\n" % re.escape(name), text, re.S | re.M)
     if not m:
         raise SystemExit(f"docs.py: no region [docs:{name}] in {path}")
     lines = m.group(1).splitlines()
@@ -106,6 +106,8 @@ def header_reference(path):
 
 def tidy_declaration(decl):
     text = "\n".join(decl)
+    # Drop constructors' member-initializer lists.
+    text = re.sub(r"\)(\s*noexcept)?\s*\n?\s*:\s+\w+\(.*$", lambda m: ")" + (m.group(1) or "") + ";", text, flags=re.S)
     # Drop inline bodies: keep what comes before the first "{" of a function body.
     text = re.sub(r"\)\s*(const\s*)?(noexcept\s*)?\{.*$", lambda m: ")" + (" " + m.group(1).strip() if m.group(1) else "") + (" " + m.group(2).strip() if m.group(2) else "") + ";", text, flags=re.S)
     text = re.sub(r"\s*\{\s*$", "", text)

@@ -19,6 +19,10 @@ using coropipe_test::start_program;
 namespace {
 
 const std::string spam = COROPIPE_SAMPLE_SPAM;
+const std::string spam_messages = COROPIPE_SAMPLE_SPAM_MESSAGES;
+const std::string echo_worker = COROPIPE_SAMPLE_ECHO_WORKER;
+const std::string echo_client = COROPIPE_SAMPLE_ECHO_CLIENT;
+const std::string request_reply = COROPIPE_SAMPLE_REQUEST_REPLY;
 
 struct spam_line {
   int pid;
@@ -150,8 +154,8 @@ struct running_spam {
   coropipe_test::started_program p;
   pid_t child = 0;
 
-  running_spam() {
-    p = start_program({spam, "--tick", "50ms"});
+  explicit running_spam(const std::string& program = spam) {
+    p = start_program({program, "--tick", "50ms"});
     const std::string first = coropipe_test::read_line(p.out);
     CHECK(first.find("Parent " + std::to_string(p.pid) + " got [b'Spam 0'] as ") == 0);
     const auto kids = coropipe_test::children_of(p.pid);
@@ -195,4 +199,91 @@ TEST_CASE("spam: when its reader goes away it stops quietly, like a SIGPIPE'd pr
   CHECK(status_of(r) == exit_status::exited(128 + SIGPIPE));
   CHECK(r.err.empty());
   CHECK(coropipe_test::process_state(s.child) == 0);
+}
+
+TEST_CASE("spam_messages: one line per message, never coalesced") {
+  // With no pause at all between messages, spam would print them run together.
+  auto p = start_program({spam_messages, "--count", "11", "--tick", "0s"});
+  const pid_t pid = p.pid;
+  const auto r = finish_program(p);
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.err.empty());
+  const auto lines = parse_spam(r.out);
+  REQUIRE(lines.size() == 11);
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    CHECK(lines[i].pid == pid);
+    CHECK(lines[i].payload == "Spam " + std::to_string(i % 5));
+  }
+}
+
+TEST_CASE("spam_messages: same flags as spam, same handling of signals and bad flags") {
+  const auto bad = run_program({spam_messages, "--tick", "1x"});
+  CHECK(status_of(bad) == exit_status::exited(2));
+  CHECK(bad.out.empty());
+  CHECK(bad.err.find("spam_messages: ") == 0);
+  running_spam s(spam_messages);
+  ::kill(s.p.pid, SIGTERM);
+  const auto r = finish_program(s.p, 10s);
+  CHECK(status_of(r) == exit_status::killed(SIGTERM));
+  CHECK(coropipe_test::process_state(s.child) == 0);
+}
+
+TEST_CASE("echo_worker: a Python program drives it through multiprocessing.connection") {
+  const std::string python = coropipe_test::find_on_path("python3");
+  if (python.empty()) {
+    MESSAGE("SKIPPED: no python3 on PATH, so the Python interoperability test cannot run");
+    return;
+  }
+  const auto r = run_program({python, echo_client, echo_worker, "0", "1", "6", "4096", "65536", "1048576", "16777216"},
+                             120s);
+  INFO("stderr: " << r.err);
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out ==
+        "echoed 0 bytes\nechoed 1 bytes\nechoed 6 bytes\nechoed 4096 bytes\nechoed 65536 bytes\n"
+        "echoed 1048576 bytes\nechoed 16777216 bytes\nworker exited with 0\n");
+}
+
+TEST_CASE("echo_worker: frames in, the same frames out; bad frames are refused") {
+  const std::string two_frames("\0\0\0\x06Spam 0\0\0\0\0", 14);
+  auto r = coropipe_test::run_program_with_input({echo_worker}, two_frames);
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out == two_frames);
+
+  r = coropipe_test::run_program_with_input({echo_worker}, std::string("\x80\0\0\x01x", 5));
+  CHECK(status_of(r) == exit_status::exited(1));
+  CHECK(r.err.find("malformed frame header") != std::string::npos);
+
+  r = coropipe_test::run_program_with_input({echo_worker}, std::string("\0\0\0\x09Spam", 8));
+  CHECK(status_of(r) == exit_status::exited(1));
+  CHECK(r.err.find("stream ended in the middle of a message") != std::string::npos);
+
+  r = coropipe_test::run_program_with_input({echo_worker, "--max-message-size", "3"}, two_frames);
+  CHECK(status_of(r) == exit_status::exited(1));
+  CHECK(r.err.find("larger than the receiver's limit") != std::string::npos);
+
+  r = run_program({echo_worker, "--bogus"});
+  CHECK(status_of(r) == exit_status::exited(2));
+}
+
+TEST_CASE("request_reply: every request answered by the forked worker") {
+  const auto r = run_program({request_reply, "--count", "5"});
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out == "7 squared is 49\n8 squared is 64\n9 squared is 81\n10 squared is 100\n11 squared is 121\n"
+                 "worker exited with 0\n");
+}
+
+TEST_CASE("request_reply: a slow answer times out, and arrives late to be dropped") {
+  const auto r = run_program({request_reply, "--count", "3", "--slow", "2", "--timeout", "300ms"});
+  CHECK(status_of(r) == exit_status::exited(0));
+  INFO("output: " << r.out);
+  CHECK(r.out.find("7 squared is 49\nrequest 2 timed out\n") == 0);
+  CHECK(r.out.find("late reply to request 2 dropped\n") != std::string::npos);
+  CHECK(r.out.find("worker exited with 0\n") != std::string::npos);
+  CHECK(r.out.find("8 squared") == std::string::npos);
+}
+
+TEST_CASE("request_reply: bad flags") {
+  const auto r = run_program({request_reply, "--count"});
+  CHECK(status_of(r) == exit_status::exited(2));
+  CHECK(r.out.empty());
 }

@@ -263,13 +263,15 @@ struct started_program {
   int err = -1;  // read end of its stderr
 };
 
-inline started_program start_program(const std::vector<std::string>& argv) {
+/// @p stdin_fd: the program's stdin (default /dev/null); not closed here.
+inline started_program start_program(const std::vector<std::string>& argv, int stdin_fd = -1) {
   int out[2], err[2];
   if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
     throw std::system_error(errno, std::system_category(), "pipe2");
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  if (stdin_fd < 0) posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  else posix_spawn_file_actions_adddup2(&fa, stdin_fd, 0);
   posix_spawn_file_actions_adddup2(&fa, out[1], 1);
   posix_spawn_file_actions_adddup2(&fa, err[1], 2);
   // The program starts with default signal handling and an empty mask, not
@@ -349,6 +351,39 @@ inline program_result finish_program(started_program& p, std::chrono::millisecon
 inline program_result run_program(const std::vector<std::string>& argv, std::chrono::milliseconds timeout = 60s) {
   auto p = start_program(argv);
   return finish_program(p, timeout);
+}
+
+/// Runs a program with @p input as its stdin (a file, so no deadlock).
+inline program_result run_program_with_input(const std::vector<std::string>& argv, const std::string& input,
+                                             std::chrono::milliseconds timeout = 60s) {
+  char path[] = "/tmp/coropipe-test-input-XXXXXX";
+  const int fd = ::mkostemp(path, O_CLOEXEC);
+  if (fd < 0) throw std::system_error(errno, std::system_category(), "mkostemp");
+  ::unlink(path);
+  if (::write(fd, input.data(), input.size()) != static_cast<ssize_t>(input.size()) || ::lseek(fd, 0, SEEK_SET) != 0) {
+    ::close(fd);
+    throw std::system_error(errno, std::system_category(), "write");
+  }
+  started_program p;
+  try {
+    p = start_program(argv, fd);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+  return finish_program(p, timeout);
+}
+
+/// The path of an executable found on PATH, or "" if there is none.
+inline std::string find_on_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path != nullptr ? path : "/usr/bin:/bin");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    const std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
 }
 
 /// Reads one line from a blocking descriptor, byte by byte (so that nothing
