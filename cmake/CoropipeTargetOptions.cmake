@@ -6,7 +6,7 @@ function(coropipe_target_options target)
     if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
       target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic
         -Wshadow -Wconversion -Wsign-conversion -Wnon-virtual-dtor -Wold-style-cast
-        -Wcast-align -Woverloaded-virtual -Wnull-dereference -Wimplicit-fallthrough)
+        -Wcast-align -Woverloaded-virtual -Wimplicit-fallthrough)
       if(COROPIPE_WERROR)
         target_compile_options(${target} PRIVATE -Werror)
       endif()

@@ -9,6 +9,7 @@
 #include <asio/io_context.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -20,6 +21,9 @@
 #include <cstring>
 #include <exception>
 #include <iostream>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #if defined(__SANITIZE_THREAD__)
 #define COROPIPE_TSAN 1
@@ -79,27 +83,38 @@ bool kept(std::span<const int> keep, int fd) noexcept {
   return std::find(keep.begin(), keep.end(), fd) != keep.end();
 }
 
-void close_if_cloexec(int fd, std::span<const int> keep) noexcept {
-  if (fd <= STDERR_FILENO || kept(keep, fd)) return;
-  const int flags = ::fcntl(fd, F_GETFD);
-  if (flags >= 0 && (flags & FD_CLOEXEC) != 0) ::close(fd);
-}
-
-// Closes every close-on-exec descriptor not in keep. /proc/self/fd lists
-// them; its positions are descriptor numbers, so closing while reading it
-// skips nothing. Without /proc, the descriptors below the soft RLIMIT_NOFILE
-// (at most 65536) are checked one by one.
-void close_inherited_descriptors(std::span<const int> keep) noexcept {
+// Calls fn(fd) for every open descriptor above 2: one poll(2) over the
+// descriptor range when the soft RLIMIT_NOFILE is small enough (closed
+// slots answer POLLNVAL), otherwise a listing of /proc/self/fd, otherwise
+// every number below min(limit, 65536).
+template <typename Fn>
+void for_each_open_fd(Fn&& fn, std::vector<pollfd>* scratch) noexcept {
+  rlimit lim{};
+  rlim_t top = 1024;
+  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0) top = lim.rlim_cur == RLIM_INFINITY ? rlim_t{1} << 20 : lim.rlim_cur;
+  if (scratch != nullptr && top <= 4096) {
+    try {
+      scratch->resize(static_cast<std::size_t>(top));
+    } catch (...) {
+      scratch = nullptr;
+    }
+    if (scratch != nullptr) {
+      for (std::size_t i = 0; i < scratch->size(); ++i) (*scratch)[i] = pollfd{static_cast<int>(i), 0, 0};
+      if (::poll(scratch->data(), scratch->size(), 0) >= 0) {
+        for (const pollfd& p : *scratch)
+          if (p.fd > STDERR_FILENO && (p.revents & POLLNVAL) == 0) fn(p.fd);
+        return;
+      }
+    }
+  }
   const int dir = ::open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir < 0) {
-    rlimit lim{};
-    rlim_t top = 1024;
-    if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) top = lim.rlim_cur;
     top = std::min<rlim_t>(top, 65536);
-    for (int fd = 3; static_cast<rlim_t>(fd) < top; ++fd) close_if_cloexec(fd, keep);
+    for (int fd = STDERR_FILENO + 1; static_cast<rlim_t>(fd) < top; ++fd)
+      if (::fcntl(fd, F_GETFD) >= 0) fn(fd);
     return;
   }
-  alignas(8) char buf[4096];
+  alignas(8) char buf[1024];  // small: in a child every stack page written is copied
   for (;;) {
     const long n = ::syscall(SYS_getdents64, dir, buf, sizeof buf);
     if (n <= 0) break;
@@ -112,15 +127,81 @@ void close_inherited_descriptors(std::span<const int> keep) noexcept {
       if (name[0] < '0' || name[0] > '9') continue;
       int fd = 0;
       for (const char* p = name; *p >= '0' && *p <= '9'; ++p) fd = fd * 10 + (*p - '0');
-      if (fd != dir) close_if_cloexec(fd, keep);
+      // Positions in /proc/self/fd are descriptor numbers, so closing
+      // entries while reading it skips nothing.
+      if (fd != dir && fd > STDERR_FILENO) fn(fd);
     }
   }
   ::close(dir);
 }
 
-int run_child_body(child_body body, pid_t parent) noexcept {
+bool close_on_exec(int fd) noexcept {
+  const int flags = ::fcntl(fd, F_GETFD);
+  return flags >= 0 && (flags & FD_CLOEXEC) != 0;
+}
+
+// The close-on-exec descriptors to close in a child, listed in the parent
+// just before the fork (a fresh child's /proc/self/fd costs ten times more
+// than the parent's, whose entries are already built).
+bool list_descriptors_to_close(std::span<const int> keep, std::vector<int>& out) noexcept {
+  thread_local std::vector<pollfd> scratch;
+  out.clear();
   try {
-    asio::io_context io(1);
+    for_each_open_fd([&](int fd) {
+      if (!kept(keep, fd) && close_on_exec(fd)) out.push_back(fd);
+    }, &scratch);
+  } catch (...) {
+    return false;
+  }
+  return true;
+}
+
+// The same, done in the child (where another thread of the parent may have
+// changed the descriptor table between a listing and the fork).
+void close_inherited_descriptors(std::span<const int> keep) noexcept {
+  for_each_open_fd([&](int fd) {
+    if (!kept(keep, fd) && close_on_exec(fd)) ::close(fd);
+  }, nullptr);
+}
+
+// A fork copies the parent's memory lazily: every page the child writes is
+// copied then (a fault costing microseconds), and every code page it runs
+// that the parent has not mapped is mapped then. Children are fast when they
+// touch little. Hence the preparations below, made once in the parent:
+//  - a spare io_context, constructed here and never used by the parent: each
+//    child runs its own copy of it (Asio creates the reactor's descriptors
+//    only when first needed, so the spare holds none), instead of building
+//    one with fresh allocations;
+//  - the lazy symbol bindings the child path needs are resolved, so that each
+//    child does not redo the lookups (and their page faults) itself;
+//  - _exit is called through a pointer bound at load time, for the same reason.
+asio::io_context* spare_context = nullptr;
+std::once_flag prepared;
+void (*volatile exit_now)(int) = ::_exit;
+
+void prepare_parent() {
+  std::call_once(prepared, [] {
+    int sig = 0;
+    ::prctl(PR_GET_PDEATHSIG, &sig);
+    (void)::getppid();
+    struct sigaction sa {};
+    ::sigaction(SIGPIPE, nullptr, &sa);
+    sigset_t set;
+    sigemptyset(&set);
+    ::pthread_sigmask(SIG_BLOCK, nullptr, &set);
+    (void)::fcntl(0, F_GETFD);
+    block_sigpipe_in_this_thread();
+    // A rehearsal of what a child's io_context does (coroutine frames from
+    // aligned_alloc, the scheduler's condition variable, ...).
+    asio::io_context rehearsal(1);
+    asio::co_spawn(rehearsal, []() -> asio::awaitable<int> { co_return 0; }, [](std::exception_ptr, int) {});
+    rehearsal.run();
+  });
+  if (spare_context == nullptr) spare_context = new asio::io_context(1);  // one, for the process's lifetime
+}
+
+int run_child_body(asio::io_context& io, child_body body, pid_t parent) noexcept {
+  try {
     child_context ctx(io, parent);
     std::exception_ptr error;
     int result = 1;
@@ -145,8 +226,9 @@ int run_child_body(child_body body, pid_t parent) noexcept {
   return 1;
 }
 
-[[noreturn]] void child_main(const fork_options& opts, std::span<const int> keep, child_body body,
-                             pid_t parent, std::uint64_t caught) noexcept {
+// to_close: the descriptors listed by the parent, or nullptr to find them here.
+[[noreturn]] void child_main(const fork_options& opts, std::span<const int> keep, const std::vector<int>* to_close,
+                             child_body body, pid_t parent, std::uint64_t caught) noexcept {
   if (opts.parent_death_signal > 0) {
     // If the parent died before prctl took effect, nobody will send the
     // signal: act on it now.
@@ -156,12 +238,23 @@ int run_child_body(child_body body, pid_t parent) noexcept {
     }
   }
   reset_caught_signals(caught);
-  close_inherited_descriptors(keep);
+  if (to_close != nullptr) {
+    for (int fd : *to_close) ::close(fd);
+  } else {
+    close_inherited_descriptors(keep);
+  }
   reaper_reset_after_fork();
   block_sigpipe_in_this_thread();
-  const int code = run_child_body(body, parent);
+  // This copy of the spare is the child's own io_context; a fork_child()
+  // inside the child must make a spare of its own.
+  asio::io_context& io = *std::exchange(spare_context, nullptr);
+  const int code = run_child_body(io, body, parent);
+  // The io_context is not destroyed: run() returned because no work is left,
+  // so every coroutine and I/O object has already gone, and tearing down the
+  // rest would only copy more pages before _exit frees them all.
   flush_stdio();
-  ::_exit(code);
+  exit_now(code);
+  ::_exit(code);  // not reached; tells the compiler so
 }
 
 } // namespace
@@ -171,12 +264,24 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
                       const char*& failed_call) {
   ec.clear();
   failed_call = nullptr;
+  try {
+    prepare_parent();
+  } catch (const std::bad_alloc&) {
+    ec = std::make_error_code(std::errc::not_enough_memory);
+    return child();
+  }
   const process_status ps = read_process_status();
   if (!opts.allow_threads && ps.threads > 1 + internal_thread_count() + runtime_threads()) {
     ec = errc::fork_in_threaded_process;
     return child();
   }
   flush_stdio();
+  // Without threads of the application's, nothing but this thread creates
+  // descriptors before the fork, so the list made here is exact (coropipe's
+  // reaper only closes its pidfds, whose numbers nobody reuses meanwhile).
+  thread_local std::vector<int> to_close;
+  const bool own_threads_only = ps.threads >= 1 && ps.threads <= 1 + internal_thread_count() + runtime_threads();
+  const bool listed = own_threads_only && list_descriptors_to_close(keep_fds, to_close);
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
@@ -184,7 +289,7 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
     failed_call = "fork";
     return child();
   }
-  if (pid == 0) child_main(opts, keep_fds, body, parent, ps.caught);
+  if (pid == 0) child_main(opts, keep_fds, listed ? &to_close : nullptr, body, parent, ps.caught);
 
   // From here on the child exists: it must end up owned by a handle, or be
   // killed and reaped.

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 namespace coropipe {
 
@@ -79,15 +80,23 @@ std::optional<std::span<const std::byte>> frame_buffer::next(std::error_code& ec
     return std::nullopt;
   }
   const std::span<const std::byte> avail(data_.get() + start_, end_ - start_);
-  auto h = parse_frame_header(avail, max_, ec);
-  if (ec) {
-    error_ = ec;
-    return std::nullopt;
+  if (needed_ == 0) {
+    // A header is checked once, against the limit in force when it arrives.
+    auto h = parse_frame_header(avail, max_, ec);
+    if (ec) {
+      error_ = ec;
+      return std::nullopt;
+    }
+    if (!h) return std::nullopt;
+    if (h->payload_size > std::numeric_limits<std::size_t>::max() - h->header_size) {
+      error_ = ec = errc::message_too_large;
+      return std::nullopt;
+    }
+    header_size_ = h->header_size;
+    needed_ = h->header_size + static_cast<std::size_t>(h->payload_size);
   }
-  if (!h) return std::nullopt;
-  needed_ = h->header_size + static_cast<std::size_t>(h->payload_size);
   if (avail.size() < needed_) return std::nullopt;
-  const std::span<const std::byte> payload = avail.subspan(h->header_size, static_cast<std::size_t>(h->payload_size));
+  const std::span<const std::byte> payload = avail.subspan(header_size_, needed_ - header_size_);
   start_ += needed_;
   needed_ = 0;
   return payload;
@@ -131,10 +140,23 @@ send_queue::seq_t send_queue::push_copy(std::span<const std::byte> payload) {
   std::array<std::byte, max_frame_header_size> header;
   const std::size_t hlen = encode_frame_header(payload.size(), header);
   batch& b = filling();
-  b.bytes.reserve(b.bytes.size() + hlen + payload.size());
-  add_copied({header.data(), hlen}, seq, false, true);
-  add_copied(payload, seq, true, true);
-  pending_ += hlen + payload.size();
+  if (b.bytes.capacity() == 0) b.bytes.reserve(batch_capacity_);
+  const std::size_t offset = b.bytes.size();
+  b.bytes.insert(b.bytes.end(), header.data(), header.data() + hlen);
+  b.bytes.insert(b.bytes.end(), payload.begin(), payload.end());
+  const std::size_t size = hlen + payload.size();
+  pending_ += size;
+  if (last_mergeable_ && !b.pieces.empty()) {
+    piece& last = b.pieces.back();
+    if (last.borrowed == nullptr && !last.skipped && last.offset + last.size == offset) {
+      last.size += size;
+      last.seq = seq;
+      last.frame_end = true;
+      return seq;
+    }
+  }
+  b.pieces.push_back(piece{nullptr, offset, size, seq, true, false});
+  last_mergeable_ = true;
   return seq;
 }
 
@@ -142,6 +164,7 @@ send_queue::seq_t send_queue::push_borrowed(std::span<const std::byte> payload) 
   const seq_t seq = next_seq_++;
   std::array<std::byte, max_frame_header_size> header;
   const std::size_t hlen = encode_frame_header(payload.size(), header);
+  if (filling().bytes.capacity() == 0) filling().bytes.reserve(batch_capacity_);
   last_mergeable_ = false;
   add_copied({header.data(), hlen}, seq, false, false);
   filling().pieces.push_back(piece{payload.data(), 0, payload.size(), seq, true, false});

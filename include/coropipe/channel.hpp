@@ -199,9 +199,9 @@ public:
     scratch_.clear();
     codec<Send>::encode(value, scratch_);
     if constexpr (detail::is_use_awaitable<SendToken>) {
-      return send_throwing();
+      return send_coro<true>();
     } else if constexpr (detail::is_as_tuple_use_awaitable<SendToken>) {
-      return send_tuple();
+      return send_coro<false>();
     } else {
       return asio::async_compose<SendToken, void(std::error_code)>(
           detail::owned_send_op<Stream>{fs_, std::exchange(scratch_, {})}, token, fs_.next_layer());
@@ -218,9 +218,9 @@ public:
   template <typename ReceiveToken = asio::default_completion_token_t<executor_type>>
   auto async_receive(ReceiveToken&& token = asio::default_completion_token_t<executor_type>()) {
     if constexpr (detail::is_use_awaitable<ReceiveToken>) {
-      return receive_throwing();
+      return receive_coro<true>();
     } else if constexpr (detail::is_as_tuple_use_awaitable<ReceiveToken>) {
-      return receive_tuple();
+      return receive_coro<false>();
     } else {
       return asio::async_compose<ReceiveToken, void(std::error_code, std::optional<Receive>)>(
           detail::typed_receive_op<Receive, Stream, false>{fs_, nullptr}, token, fs_.next_layer());
@@ -235,9 +235,9 @@ public:
   template <typename ReceiveToken = asio::default_completion_token_t<executor_type>>
   auto async_receive(Receive& out, ReceiveToken&& token = asio::default_completion_token_t<executor_type>()) {
     if constexpr (detail::is_use_awaitable<ReceiveToken>) {
-      return receive_into_throwing(out);
+      return receive_into_coro<true>(out);
     } else if constexpr (detail::is_as_tuple_use_awaitable<ReceiveToken>) {
-      return receive_into_tuple(out);
+      return receive_into_coro<false>(out);
     } else {
       return asio::async_compose<ReceiveToken, void(std::error_code, bool)>(
           detail::typed_receive_op<Receive, Stream, true>{fs_, &out}, token, fs_.next_layer());
@@ -257,45 +257,59 @@ public:
   }
 
 private:
-  // The coroutine paths: queue at once when possible; otherwise the bytes
-  // move into the coroutine (and their memory comes back afterwards).
-  asio::awaitable<std::tuple<std::error_code>> send_tuple() {
-    if (!detail::should_yield() && fs_.try_send(asio::buffer(scratch_))) co_return std::tuple<std::error_code>{};
-    std::vector<std::byte> bytes = std::exchange(scratch_, {});
-    auto result = co_await fs_.async_send(asio::buffer(bytes), asio::experimental::as_tuple(asio::use_awaitable));
-    if (scratch_.capacity() < bytes.capacity()) scratch_ = std::move(bytes);
-    co_return result;
+  // The coroutine paths, one frame each: queue at once when possible;
+  // otherwise the bytes move into the coroutine (and their memory comes
+  // back afterwards).
+  template <bool Throw>
+  asio::awaitable<detail::send_result<Throw>> send_coro() {
+    std::error_code ec;
+    if (detail::should_yield() || !fs_.try_send(asio::buffer(scratch_))) {
+      std::vector<std::byte> bytes = std::exchange(scratch_, {});
+      std::tie(ec) = co_await fs_.async_send(asio::buffer(bytes), asio::experimental::as_tuple(asio::use_awaitable));
+      if (scratch_.capacity() < bytes.capacity()) scratch_ = std::move(bytes);
+    }
+    if constexpr (Throw) {
+      if (ec) throw std::system_error(ec, "coropipe::channel::async_send");
+    } else {
+      co_return std::tuple{ec};
+    }
   }
 
-  asio::awaitable<void> send_throwing() {
-    auto [ec] = co_await send_tuple();
-    if (ec) throw std::system_error(ec, "coropipe::channel::async_send");
-  }
+  template <bool Throw>
+  using receive_result = std::conditional_t<Throw, std::optional<Receive>,
+                                            std::tuple<std::error_code, std::optional<Receive>>>;
 
-  asio::awaitable<std::tuple<std::error_code, std::optional<Receive>>> receive_tuple() {
-    std::optional<Receive> value(std::in_place);
-    auto [ec, got] = co_await receive_into_tuple(*value);
-    if (ec || !got) value.reset();
-    co_return std::tuple{ec, std::move(value)};
-  }
-
-  asio::awaitable<std::optional<Receive>> receive_throwing() {
-    auto [ec, value] = co_await receive_tuple();
-    if (ec) throw std::system_error(ec, "coropipe::channel::async_receive");
-    co_return std::move(value);
-  }
-
-  asio::awaitable<std::tuple<std::error_code, bool>> receive_into_tuple(Receive& out) {
+  template <bool Throw>
+  asio::awaitable<receive_result<Throw>> receive_coro() {
     auto [ec, msg] = co_await fs_.async_receive(asio::experimental::as_tuple(asio::use_awaitable));
-    if (ec || !msg) co_return std::tuple{ec, false};
-    ec = codec<Receive>::decode(*msg, out);
-    co_return std::tuple{ec, !ec};
+    std::optional<Receive> value;
+    if (!ec && msg) {
+      value.emplace();
+      ec = codec<Receive>::decode(*msg, *value);
+      if (ec) value.reset();
+    }
+    if constexpr (Throw) {
+      if (ec) throw std::system_error(ec, "coropipe::channel::async_receive");
+      co_return value;
+    } else {
+      co_return std::tuple{ec, std::move(value)};
+    }
   }
 
-  asio::awaitable<bool> receive_into_throwing(Receive& out) {
-    auto [ec, got] = co_await receive_into_tuple(out);
-    if (ec) throw std::system_error(ec, "coropipe::channel::async_receive");
-    co_return got;
+  template <bool Throw>
+  using receive_into_result = std::conditional_t<Throw, bool, std::tuple<std::error_code, bool>>;
+
+  template <bool Throw>
+  asio::awaitable<receive_into_result<Throw>> receive_into_coro(Receive& out) {
+    auto [ec, msg] = co_await fs_.async_receive(asio::experimental::as_tuple(asio::use_awaitable));
+    const bool got = !ec && msg.has_value();
+    if (got) ec = codec<Receive>::decode(*msg, out);
+    if constexpr (Throw) {
+      if (ec) throw std::system_error(ec, "coropipe::channel::async_receive");
+      co_return got;
+    } else {
+      co_return std::tuple{ec, got && !ec};
+    }
   }
 
   framed_stream<Stream> fs_;

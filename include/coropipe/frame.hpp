@@ -118,6 +118,7 @@ private:
   std::size_t max_;
   std::size_t read_size_;
   std::size_t needed_ = 0;  // bytes the frame at start_ needs in all (0: unknown)
+  std::size_t header_size_ = 0;  // its header's length, once needed_ is known
   std::error_code error_;
 };
 
@@ -130,6 +131,11 @@ namespace detail {
 class send_queue {
 public:
   using seq_t = std::uint64_t;
+
+  // @p batch_capacity: the bytes each batch reserves on first use, so that
+  // steady-state sending never reallocates (the most one batch can hold:
+  // the send buffer size plus one copied frame).
+  explicit send_queue(std::size_t batch_capacity = 0) noexcept : batch_capacity_(batch_capacity) {}
 
   // Appends a frame whose payload is copied. Returns its sequence number.
   seq_t push_copy(std::span<const std::byte> payload);
@@ -185,6 +191,7 @@ private:
   seq_t next_seq_ = 1;
   seq_t written_seq_ = 0;
   std::size_t pending_ = 0;
+  std::size_t batch_capacity_;
   bool last_mergeable_ = false;
 };
 

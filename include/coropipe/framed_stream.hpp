@@ -93,6 +93,7 @@ template <typename Stream>
 struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
   framed_state(Stream s, const framed_options& o)
       : stream(std::move(s)), opts(o), rbuf(o.max_message_size, o.read_size),
+        queue(o.send_buffer_size + o.copy_threshold + max_frame_header_size),
         progress(stream.get_executor(), asio::steady_timer::time_point::max()) {}
 
   Stream stream;
@@ -344,44 +345,49 @@ private:
   bool started_async_ = false;
 };
 
-// The coroutine fast paths: complete without suspending when possible.
-template <typename Stream>
-asio::awaitable<std::tuple<std::error_code>> send_tuple(std::shared_ptr<framed_state<Stream>> st, message_view payload) {
+// The coroutine fast paths, one frame each: complete without suspending
+// when possible, otherwise run the composed operation.
+template <bool Throw>
+using send_result = std::conditional_t<Throw, void, std::tuple<std::error_code>>;
+
+template <bool Throw, typename Stream>
+asio::awaitable<send_result<Throw>> send_coro(std::shared_ptr<framed_state<Stream>> st, message_view payload) {
+  std::error_code ec;
   if (!st->write_error && st->has_room() && payload.size() <= st->opts.copy_threshold && !should_yield()) {
     st->queue.push_copy(payload);
     st->kick();
-    co_return std::tuple<std::error_code>{};
+  } else {
+    std::tie(ec) = co_await asio::async_compose<const asio::experimental::as_tuple_t<asio::use_awaitable_t<>>&,
+                                                void(std::error_code)>(
+        send_op<Stream>(st, payload, false, false), asio::experimental::as_tuple(asio::use_awaitable), st->stream);
   }
-  co_return co_await asio::async_compose<const asio::experimental::as_tuple_t<asio::use_awaitable_t<>>&,
-                                         void(std::error_code)>(send_op<Stream>(st, payload, false, false),
-                                                                asio::experimental::as_tuple(asio::use_awaitable),
-                                                                st->stream);
-}
-
-template <typename Stream>
-asio::awaitable<void> send_throwing(std::shared_ptr<framed_state<Stream>> st, message_view payload) {
-  auto [ec] = co_await send_tuple(std::move(st), payload);
-  if (ec) throw std::system_error(ec, "coropipe::framed_stream::async_send");
-}
-
-template <typename Stream>
-asio::awaitable<std::tuple<std::error_code, std::optional<message_view>>> receive_tuple(
-    std::shared_ptr<framed_state<Stream>> st) {
-  if (!st->receiving && !should_yield()) {
-    std::optional<message_view> msg;
-    std::error_code ec;
-    if (st->try_receive(msg, ec)) co_return std::tuple{ec, ec ? std::nullopt : msg};
+  if constexpr (Throw) {
+    if (ec) throw std::system_error(ec, "coropipe::framed_stream::async_send");
+  } else {
+    co_return std::tuple{ec};
   }
-  co_return co_await asio::async_compose<const asio::experimental::as_tuple_t<asio::use_awaitable_t<>>&,
-                                         void(std::error_code, std::optional<message_view>)>(
-      receive_op<Stream>(st), asio::experimental::as_tuple(asio::use_awaitable), st->stream);
 }
 
-template <typename Stream>
-asio::awaitable<std::optional<message_view>> receive_throwing(std::shared_ptr<framed_state<Stream>> st) {
-  auto [ec, msg] = co_await receive_tuple(std::move(st));
-  if (ec) throw std::system_error(ec, "coropipe::framed_stream::async_receive");
-  co_return msg;
+template <bool Throw>
+using receive_result = std::conditional_t<Throw, std::optional<message_view>,
+                                          std::tuple<std::error_code, std::optional<message_view>>>;
+
+template <bool Throw, typename Stream>
+asio::awaitable<receive_result<Throw>> receive_coro(std::shared_ptr<framed_state<Stream>> st) {
+  std::optional<message_view> msg;
+  std::error_code ec;
+  if (st->receiving || should_yield() || !st->try_receive(msg, ec)) {
+    std::tie(ec, msg) = co_await asio::async_compose<const asio::experimental::as_tuple_t<asio::use_awaitable_t<>>&,
+                                                     void(std::error_code, std::optional<message_view>)>(
+        receive_op<Stream>(st), asio::experimental::as_tuple(asio::use_awaitable), st->stream);
+  }
+  if (ec) msg.reset();
+  if constexpr (Throw) {
+    if (ec) throw std::system_error(ec, "coropipe::framed_stream::async_receive");
+    co_return msg;
+  } else {
+    co_return std::tuple{ec, msg};
+  }
 }
 
 } // namespace detail
@@ -435,9 +441,9 @@ public:
   auto async_send(asio::const_buffer payload, SendToken&& token = asio::default_completion_token_t<executor_type>()) {
     const message_view view(static_cast<const std::byte*>(payload.data()), payload.size());
     if constexpr (detail::is_use_awaitable<SendToken>) {
-      return detail::send_throwing(st_, view);
+      return detail::send_coro<true>(st_, view);
     } else if constexpr (detail::is_as_tuple_use_awaitable<SendToken>) {
-      return detail::send_tuple(st_, view);
+      return detail::send_coro<false>(st_, view);
     } else {
       return asio::async_compose<SendToken, void(std::error_code)>(
           detail::send_op<Stream>(st_, view, false, false), token, st_->stream);
@@ -467,9 +473,9 @@ public:
   template <typename ReceiveToken = asio::default_completion_token_t<executor_type>>
   auto async_receive(ReceiveToken&& token = asio::default_completion_token_t<executor_type>()) {
     if constexpr (detail::is_use_awaitable<ReceiveToken>) {
-      return detail::receive_throwing(st_);
+      return detail::receive_coro<true>(st_);
     } else if constexpr (detail::is_as_tuple_use_awaitable<ReceiveToken>) {
-      return detail::receive_tuple(st_);
+      return detail::receive_coro<false>(st_);
     } else {
       return asio::async_compose<ReceiveToken, void(std::error_code, std::optional<message_view>)>(
           detail::receive_op<Stream>(st_), token, st_->stream);

@@ -114,34 +114,32 @@ inline constexpr bool is_as_tuple_use_awaitable =
 
 // --- read_some -------------------------------------------------------------
 
-template <typename Stream>
-std::tuple<std::error_code, std::size_t> read_some_now(Stream& s, asio::mutable_buffer b) {
-  std::error_code ec;
-  const std::size_t n = try_read(s.native_handle(), b.data(), b.size(), ec);
-  return {ec, n};
-}
+// One coroutine frame per operation: Throw selects the error convention
+// (exception, or a tuple with the error code).
+template <bool Throw>
+using read_some_result = std::conditional_t<Throw, std::size_t, std::tuple<std::error_code, std::size_t>>;
 
-template <typename Stream>
-asio::awaitable<std::tuple<std::error_code, std::size_t>> read_some_tuple(Stream& s, asio::mutable_buffer b) {
+template <bool Throw, typename Stream>
+asio::awaitable<read_some_result<Throw>> read_some_coro(Stream& s, asio::mutable_buffer b) {
   prepare(s);
-  if (b.size() == 0) co_return std::tuple<std::error_code, std::size_t>{};
-  for (;;) {
-    auto [ec, n] = read_some_now(s, b);
-    if (ec != asio::error::would_block) {
-      if (should_yield()) co_await asio::post(s.get_executor(), asio::use_awaitable);
-      co_return std::tuple{ec, n};
+  std::error_code ec;
+  std::size_t n = 0;
+  if (b.size() != 0) {
+    for (;;) {
+      n = try_read(s.native_handle(), b.data(), b.size(), ec);
+      if (ec != asio::error::would_block) break;
+      note_wait();
+      std::tie(ec) = co_await s.async_wait(Stream::wait_read, asio::experimental::as_tuple(asio::use_awaitable));
+      if (ec) break;
     }
-    note_wait();
-    auto [wait_ec] = co_await s.async_wait(Stream::wait_read, asio::experimental::as_tuple(asio::use_awaitable));
-    if (wait_ec) co_return std::tuple<std::error_code, std::size_t>{wait_ec, 0};
+    if (!ec && should_yield()) co_await asio::post(s.get_executor(), asio::use_awaitable);
   }
-}
-
-template <typename Stream>
-asio::awaitable<std::size_t> read_some_throwing(Stream& s, asio::mutable_buffer b) {
-  auto [ec, n] = co_await read_some_tuple(s, b);
-  if (ec) throw std::system_error(ec, "coropipe::async_read_some");
-  co_return n;
+  if constexpr (Throw) {
+    if (ec) throw std::system_error(ec, "coropipe::async_read_some");
+    co_return n;
+  } else {
+    co_return std::tuple{ec, n};
+  }
 }
 
 template <typename Stream>
@@ -158,7 +156,8 @@ struct read_some_op {
     if (ec) return self.complete(ec, std::size_t{0});
     prepare(s);
     if (b.size() != 0) {
-      auto [rec, n] = read_some_now(s, b);
+      std::error_code rec;
+      const std::size_t n = try_read(s.native_handle(), b.data(), b.size(), rec);
       if (rec == asio::error::would_block) {
         note_wait();
         s.async_wait(Stream::wait_read, std::move(self));
@@ -185,34 +184,32 @@ std::tuple<std::error_code, std::size_t> write_now(Stream& s, const ConstBufferS
 }
 
 // Writes all of @p buffers (all = true) or at least one byte (all = false).
-template <typename Stream, typename ConstBufferSequence>
-asio::awaitable<std::tuple<std::error_code, std::size_t>> write_tuple(Stream& s, ConstBufferSequence buffers,
-                                                                     bool all) {
+template <bool Throw, typename Stream, typename ConstBufferSequence>
+asio::awaitable<read_some_result<Throw>> write_coro(Stream& s, ConstBufferSequence buffers, bool all) {
   ensure_sigpipe_blocked();
   prepare(s);
   const std::size_t total = asio::buffer_size(buffers);
   std::size_t done = 0;
+  std::error_code ec;
   while (done < total) {
-    auto [ec, n] = write_now(s, buffers, done);
-    if (ec == asio::error::would_block) {
+    auto [wec, n] = write_now(s, buffers, done);
+    if (wec == asio::error::would_block) {
       note_wait();
-      auto [wait_ec] = co_await s.async_wait(Stream::wait_write, asio::experimental::as_tuple(asio::use_awaitable));
-      if (wait_ec) co_return std::tuple{wait_ec, done};
+      std::tie(ec) = co_await s.async_wait(Stream::wait_write, asio::experimental::as_tuple(asio::use_awaitable));
+      if (ec) break;
       continue;
     }
     done += n;
-    if (ec) co_return std::tuple{ec, done};
-    if (!all) break;
+    ec = wec;
+    if (ec || !all) break;
   }
-  if (should_yield()) co_await asio::post(s.get_executor(), asio::use_awaitable);
-  co_return std::tuple{std::error_code(), done};
-}
-
-template <typename Stream, typename ConstBufferSequence>
-asio::awaitable<std::size_t> write_throwing(Stream& s, ConstBufferSequence buffers, bool all) {
-  auto [ec, n] = co_await write_tuple(s, std::move(buffers), all);
-  if (ec) throw std::system_error(ec, all ? "coropipe::async_write" : "coropipe::async_write_some");
-  co_return n;
+  if (!ec && should_yield()) co_await asio::post(s.get_executor(), asio::use_awaitable);
+  if constexpr (Throw) {
+    if (ec) throw std::system_error(ec, all ? "coropipe::async_write" : "coropipe::async_write_some");
+    co_return done;
+  } else {
+    co_return std::tuple{ec, done};
+  }
 }
 
 template <typename Stream, typename ConstBufferSequence>
@@ -268,9 +265,9 @@ struct write_op {
 template <descriptor_stream Stream, typename ReadToken>
 auto async_read_some(Stream& s, const asio::mutable_buffer& buffer, ReadToken&& token) {
   if constexpr (detail::is_use_awaitable<ReadToken>) {
-    return detail::read_some_throwing(s, buffer);
+    return detail::read_some_coro<true>(s, buffer);
   } else if constexpr (detail::is_as_tuple_use_awaitable<ReadToken>) {
-    return detail::read_some_tuple(s, buffer);
+    return detail::read_some_coro<false>(s, buffer);
   } else {
     return asio::async_compose<ReadToken, void(std::error_code, std::size_t)>(
         detail::read_some_op<Stream>{s, buffer}, token, s);
@@ -289,9 +286,9 @@ template <descriptor_stream Stream, typename ConstBufferSequence, typename Write
   requires asio::is_const_buffer_sequence<ConstBufferSequence>::value
 auto async_write(Stream& s, const ConstBufferSequence& buffers, WriteToken&& token) {
   if constexpr (detail::is_use_awaitable<WriteToken>) {
-    return detail::write_throwing(s, buffers, true);
+    return detail::write_coro<true>(s, buffers, true);
   } else if constexpr (detail::is_as_tuple_use_awaitable<WriteToken>) {
-    return detail::write_tuple(s, buffers, true);
+    return detail::write_coro<false>(s, buffers, true);
   } else {
     return asio::async_compose<WriteToken, void(std::error_code, std::size_t)>(
         detail::write_op<Stream, ConstBufferSequence>{s, buffers, true}, token, s);
@@ -306,9 +303,9 @@ template <descriptor_stream Stream, typename ConstBufferSequence, typename Write
   requires asio::is_const_buffer_sequence<ConstBufferSequence>::value
 auto async_write_some(Stream& s, const ConstBufferSequence& buffers, WriteToken&& token) {
   if constexpr (detail::is_use_awaitable<WriteToken>) {
-    return detail::write_throwing(s, buffers, false);
+    return detail::write_coro<true>(s, buffers, false);
   } else if constexpr (detail::is_as_tuple_use_awaitable<WriteToken>) {
-    return detail::write_tuple(s, buffers, false);
+    return detail::write_coro<false>(s, buffers, false);
   } else {
     return asio::async_compose<WriteToken, void(std::error_code, std::size_t)>(
         detail::write_op<Stream, ConstBufferSequence>{s, buffers, false}, token, s);

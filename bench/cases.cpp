@@ -1,0 +1,356 @@
+// The cases of coropipe-bench: each as a raw baseline (plain C++ on the
+// system calls, blocking, no Asio) and through coropipe.
+#include "cases.hpp"
+
+#include <coropipe/coropipe.hpp>
+
+#include <asio/co_spawn.hpp>
+#include <asio/io_context.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <vector>
+
+namespace bench {
+
+namespace {
+
+using asio::awaitable;
+using asio::use_awaitable;
+using coropipe::child_context;
+using coropipe::unique_fd;
+
+[[noreturn]] void fail(const char* what) { throw std::system_error(errno, std::system_category(), what); }
+
+void write_all(int fd, const char* data, std::size_t size) {
+  while (size > 0) {
+    const ssize_t n = ::write(fd, data, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("write");
+    }
+    data += n;
+    size -= static_cast<std::size_t>(n);
+  }
+}
+
+void read_exact(int fd, char* data, std::size_t size) {
+  while (size > 0) {
+    const ssize_t n = ::read(fd, data, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("read");
+    }
+    if (n == 0) throw std::runtime_error("unexpected end of stream");
+    data += n;
+    size -= static_cast<std::size_t>(n);
+  }
+}
+
+void reap(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error("a raw child failed");
+}
+
+template <typename T>
+T run_to_completion(asio::io_context& io, awaitable<T> aw) {
+  std::exception_ptr error;
+  T result{};
+  asio::co_spawn(io, std::move(aw), [&](std::exception_ptr e, T r) {
+    error = e;
+    result = r;
+  });
+  io.run();
+  io.restart();
+  if (error) std::rethrow_exception(error);
+  return result;
+}
+
+void set_capacity(int fd, std::size_t capacity) {
+  if (capacity != 0 && ::fcntl(fd, F_SETPIPE_SZ, static_cast<int>(capacity)) < 0) fail("F_SETPIPE_SZ");
+}
+
+// --- reads of the child's writes ---------------------------------------------
+
+awaitable<void> read_exact(asio::posix::stream_descriptor& s, char* data, std::size_t size) {
+  while (size > 0) {
+    const std::size_t n = co_await coropipe::async_read_some(s, asio::buffer(data, size), use_awaitable);
+    data += n;
+    size -= n;
+  }
+}
+
+} // namespace
+
+// Case 1 and 2: bytes from a child to its parent, `chunk` bytes per write and
+// per read. Returns MB/s (1e6 bytes per second).
+double raw_throughput(std::size_t chunk, std::size_t total, std::size_t capacity) {
+  int data[2], go[2];
+  if (::pipe2(data, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) fail("pipe2");
+  set_capacity(data[1], capacity);
+  const pid_t pid = ::fork();
+  if (pid < 0) fail("fork");
+  if (pid == 0) {
+    ::close(data[0]);
+    ::close(go[1]);
+    std::vector<char> buf(chunk, 'x');
+    char b;
+    read_exact(go[0], &b, 1);
+    for (std::size_t sent = 0; sent < total; sent += chunk) write_all(data[1], buf.data(), std::min(chunk, total - sent));
+    ::_exit(0);
+  }
+  ::close(data[1]);
+  ::close(go[0]);
+  std::vector<char> buf(chunk);
+  const auto t0 = clock::now();
+  write_all(go[1], "g", 1);
+  std::size_t got = 0;
+  while (got < total) {
+    const ssize_t n = ::read(data[0], buf.data(), chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail("read");
+    got += static_cast<std::size_t>(n);
+  }
+  const double secs = seconds_since(t0);
+  reap(pid);
+  ::close(data[0]);
+  ::close(go[1]);
+  return static_cast<double>(total) / secs / 1e6;
+}
+
+double coropipe_throughput(std::size_t chunk, std::size_t total, std::size_t capacity) {
+  asio::io_context io(1);
+  auto [in, out] = coropipe::pipe();
+  auto [go_in, go_out] = coropipe::pipe();
+  if (capacity != 0) coropipe::set_pipe_capacity(out.get(), capacity);
+  auto kid = coropipe::fork_child(
+      io,
+      [](child_context& ctx, unique_fd w, unique_fd g, std::size_t size, std::size_t all) -> awaitable<int> {
+        auto pipe_out = ctx.attach(std::move(w));
+        auto gate = ctx.attach(std::move(g));
+        std::vector<char> buf(size, 'x');
+        char b;
+        co_await read_exact(gate, &b, 1);
+        for (std::size_t sent = 0; sent < all; sent += size)
+          co_await coropipe::async_write(pipe_out, asio::buffer(buf.data(), std::min(size, all - sent)), use_awaitable);
+        co_return 0;
+      },
+      std::move(out), std::move(go_in), chunk, total);
+  auto reader = coropipe::attach(io, std::move(in));
+  auto gate = coropipe::attach(io, std::move(go_out));
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    std::vector<char> buf(chunk);
+    const auto t0 = clock::now();
+    co_await coropipe::async_write(gate, asio::buffer("g", 1), use_awaitable);
+    std::size_t got = 0;
+    while (got < total) got += co_await coropipe::async_read_some(reader, asio::buffer(buf), use_awaitable);
+    const double secs = seconds_since(t0);
+    if (!(co_await kid.async_wait(use_awaitable)).success()) throw std::runtime_error("child failed");
+    co_return static_cast<double>(total) / secs / 1e6;
+  }());
+}
+
+// Case 3: a 16-byte message to the child and back, `rounds` times. Returns
+// microseconds per round trip.
+double raw_ping_pong(int rounds) {
+  int ping[2], pong[2];
+  if (::pipe2(ping, O_CLOEXEC) != 0 || ::pipe2(pong, O_CLOEXEC) != 0) fail("pipe2");
+  const pid_t pid = ::fork();
+  if (pid < 0) fail("fork");
+  if (pid == 0) {
+    ::close(ping[1]);
+    ::close(pong[0]);
+    char msg[16];
+    for (int i = 0; i < rounds; ++i) {
+      read_exact(ping[0], msg, sizeof msg);
+      write_all(pong[1], msg, sizeof msg);
+    }
+    ::_exit(0);
+  }
+  ::close(ping[0]);
+  ::close(pong[1]);
+  char msg[16] = "ping-pong-16-b!";
+  const auto t0 = clock::now();
+  for (int i = 0; i < rounds; ++i) {
+    write_all(ping[1], msg, sizeof msg);
+    read_exact(pong[0], msg, sizeof msg);
+  }
+  const double secs = seconds_since(t0);
+  reap(pid);
+  ::close(ping[1]);
+  ::close(pong[0]);
+  return secs / rounds * 1e6;
+}
+
+double coropipe_ping_pong(int rounds) {
+  asio::io_context io(1);
+  auto [ping_in, ping_out] = coropipe::pipe();
+  auto [pong_in, pong_out] = coropipe::pipe();
+  auto kid = coropipe::fork_child(
+      io,
+      [](child_context& ctx, unique_fd r, unique_fd w, int n) -> awaitable<int> {
+        auto in = ctx.attach(std::move(r));
+        auto out = ctx.attach(std::move(w));
+        char msg[16];
+        for (int i = 0; i < n; ++i) {
+          co_await read_exact(in, msg, sizeof msg);
+          co_await coropipe::async_write(out, asio::buffer(msg), use_awaitable);
+        }
+        co_return 0;
+      },
+      std::move(ping_in), std::move(pong_out), rounds);
+  auto out = coropipe::attach(io, std::move(ping_out));
+  auto in = coropipe::attach(io, std::move(pong_in));
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    char msg[16] = "ping-pong-16-b!";
+    const auto t0 = clock::now();
+    for (int i = 0; i < rounds; ++i) {
+      co_await coropipe::async_write(out, asio::buffer(msg), use_awaitable);
+      co_await read_exact(in, msg, sizeof msg);
+    }
+    const double secs = seconds_since(t0);
+    if (!(co_await kid.async_wait(use_awaitable)).success()) throw std::runtime_error("child failed");
+    co_return secs / rounds * 1e6;
+  }());
+}
+
+// Case 4: `count` framed messages of 16 bytes from a child. Returns messages
+// per second. The raw sender makes one write(2) per frame.
+double raw_messages(int count) {
+  int data[2], go[2];
+  if (::pipe2(data, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) fail("pipe2");
+  const pid_t pid = ::fork();
+  if (pid < 0) fail("fork");
+  if (pid == 0) {
+    ::close(data[0]);
+    ::close(go[1]);
+    char b;
+    read_exact(go[0], &b, 1);
+    char frame[20] = {0, 0, 0, 16, 'p', 'a', 'y', 'l', 'o', 'a', 'd', '-', 's', 'i', 'x', 't', 'e', 'e', 'n', '!'};
+    for (int i = 0; i < count; ++i) write_all(data[1], frame, sizeof frame);
+    ::_exit(0);
+  }
+  ::close(data[1]);
+  ::close(go[0]);
+  std::vector<char> buf(1 << 16);
+  const auto t0 = clock::now();
+  write_all(go[1], "g", 1);
+  // Parse the frames as they come (a frame may straddle two reads).
+  int got = 0;
+  std::size_t have = 0;
+  while (got < count) {
+    const ssize_t n = ::read(data[0], buf.data() + have, buf.size() - have);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail("read");
+    have += static_cast<std::size_t>(n);
+    std::size_t pos = 0;
+    while (have - pos >= 4) {
+      const std::size_t len = (std::size_t{static_cast<unsigned char>(buf[pos])} << 24) |
+                              (std::size_t{static_cast<unsigned char>(buf[pos + 1])} << 16) |
+                              (std::size_t{static_cast<unsigned char>(buf[pos + 2])} << 8) |
+                              std::size_t{static_cast<unsigned char>(buf[pos + 3])};
+      if (have - pos < 4 + len) break;
+      pos += 4 + len;
+      ++got;
+    }
+    std::memmove(buf.data(), buf.data() + pos, have - pos);
+    have -= pos;
+  }
+  const double secs = seconds_since(t0);
+  reap(pid);
+  ::close(data[0]);
+  ::close(go[1]);
+  return count / secs;
+}
+
+double coropipe_messages(int count) {
+  asio::io_context io(1);
+  auto [in, out] = coropipe::pipe();
+  auto [go_in, go_out] = coropipe::pipe();
+  auto kid = coropipe::fork_child(
+      io,
+      [](child_context& ctx, unique_fd w, unique_fd g, int n) -> awaitable<int> {
+        coropipe::framed_stream<> tx(ctx.attach(std::move(w)));
+        auto gate = ctx.attach(std::move(g));
+        char b;
+        co_await read_exact(gate, &b, 1);
+        static constexpr char payload[16] = {'p', 'a', 'y', 'l', 'o', 'a', 'd', '-', 's', 'i', 'x', 't', 'e', 'e', 'n', '!'};
+        for (int i = 0; i < n; ++i) co_await tx.async_send(asio::buffer(payload), use_awaitable);
+        co_await tx.async_close(use_awaitable);
+        co_return 0;
+      },
+      std::move(out), std::move(go_in), count);
+  coropipe::framed_stream<> rx(coropipe::attach(io, std::move(in)));
+  auto gate = coropipe::attach(io, std::move(go_out));
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    const auto t0 = clock::now();
+    co_await coropipe::async_write(gate, asio::buffer("g", 1), use_awaitable);
+    int got = 0;
+    while (auto msg = co_await rx.async_receive(use_awaitable)) {
+      if (msg->size() != 16) throw std::runtime_error("bad message");
+      ++got;
+    }
+    const double secs = seconds_since(t0);
+    if (got != count) throw std::runtime_error("messages lost");
+    if (!(co_await kid.async_wait(use_awaitable)).success()) throw std::runtime_error("child failed");
+    co_return got / secs;
+  }());
+}
+
+// Case 6: children forked and waited for, one after another. Returns
+// children per second.
+double raw_forks(int count) {
+  const auto t0 = clock::now();
+  for (int i = 0; i < count; ++i) {
+    const pid_t pid = ::fork();
+    if (pid < 0) fail("fork");
+    if (pid == 0) ::_exit(0);
+    reap(pid);
+  }
+  return count / seconds_since(t0);
+}
+
+// The floor under any forked coroutine child: hand-written, without
+// coropipe, a child that builds an io_context and runs one trivial coroutine
+// on it. The pages such a child touches are what separate it from fork +
+// _exit (every page a child writes is copied, every code page it runs is
+// mapped, at a fault each).
+double floor_forks(int count) {
+  const auto t0 = clock::now();
+  for (int i = 0; i < count; ++i) {
+    const pid_t pid = ::fork();
+    if (pid < 0) fail("fork");
+    if (pid == 0) {
+      asio::io_context io(1);
+      int code = 1;
+      asio::co_spawn(io, []() -> awaitable<int> { co_return 0; }, [&](std::exception_ptr, int c) { code = c; });
+      io.run();
+      ::_exit(code);
+    }
+    reap(pid);
+  }
+  return count / seconds_since(t0);
+}
+
+double coropipe_forks(int count) {
+  asio::io_context io(1);
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    const auto t0 = clock::now();
+    for (int i = 0; i < count; ++i) {
+      auto kid = coropipe::fork_child(io, [](child_context&) -> awaitable<int> { co_return 0; });
+      if (!(co_await kid.async_wait(use_awaitable)).success()) throw std::runtime_error("child failed");
+    }
+    co_return count / seconds_since(t0);
+  }());
+}
+
+} // namespace bench

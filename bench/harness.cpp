@@ -1,0 +1,112 @@
+#include "harness.hpp"
+
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+
+namespace bench {
+
+case_result run_case(const case_spec& spec, const settings& s) {
+  case_result r;
+  r.spec = spec;
+  std::fprintf(stderr, "  %-44s", spec.name.c_str());
+  for (int i = 0; i < s.repetitions; ++i) {
+    if (spec.baseline) r.baseline_samples.push_back(spec.baseline());
+    r.coropipe_samples.push_back(spec.coropipe());
+    std::fprintf(stderr, ".");
+  }
+  std::fprintf(stderr, "\n");
+  r.coropipe = median(r.coropipe_samples);
+  if (spec.baseline) {
+    r.baseline = median(r.baseline_samples);
+    if (r.coropipe > 0 && r.baseline > 0)
+      r.ratio = spec.direction == better::higher ? r.coropipe / r.baseline : r.baseline / r.coropipe;
+    if (spec.target && r.ratio) r.met = *r.ratio >= *spec.target;
+  } else if (spec.target) {
+    // Report-only cases with a target compare the value itself (e.g. 0 allocations).
+    r.met = r.coropipe <= *spec.target;
+  }
+  return r;
+}
+
+namespace {
+
+std::string format_value(double v) {
+  char buf[64];
+  if (v == 0) return "0";
+  if (std::fabs(v) >= 1e6) std::snprintf(buf, sizeof buf, "%.3g", v);
+  else if (std::fabs(v) >= 100) std::snprintf(buf, sizeof buf, "%.0f", v);
+  else std::snprintf(buf, sizeof buf, "%.3g", v);
+  return buf;
+}
+
+std::string json_number(std::optional<double> v) {
+  if (!v || !std::isfinite(*v)) return "null";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.6g", *v);
+  return buf;
+}
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string read_first_line(const char* path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown";
+}
+
+} // namespace
+
+void print_table(const std::vector<case_result>& results) {
+  std::printf("%-44s %-14s %12s %12s %8s %8s %5s\n", "case", "unit", "coropipe", "baseline", "ratio", "target", "met");
+  for (const auto& r : results) {
+    std::printf("%-44s %-14s %12s %12s %8s %8s %5s\n", r.spec.name.c_str(), r.spec.unit.c_str(),
+                format_value(r.coropipe).c_str(), r.spec.baseline ? format_value(r.baseline).c_str() : "-",
+                r.ratio ? format_value(*r.ratio).c_str() : "-",
+                r.spec.target ? format_value(*r.spec.target).c_str() : "-",
+                r.met ? (*r.met ? "yes" : "NO") : "-");
+  }
+  for (const auto& r : results)
+    if (!r.spec.note.empty()) std::printf("  %s: %s\n", r.spec.name.c_str(), r.spec.note.c_str());
+}
+
+void print_json(const std::vector<case_result>& results) {
+  utsname u{};
+  ::uname(&u);
+  std::printf("{\n  \"machine\": {\"cores\": %ld, \"cpu\": %s, \"kernel\": %s, \"compiler\": %s, "
+              "\"pipe_max_size\": %s},\n  \"cases\": [\n",
+              ::sysconf(_SC_NPROCESSORS_ONLN), json_string(cpu_model()).c_str(),
+              json_string(std::string(u.sysname) + " " + u.release).c_str(), json_string(__VERSION__).c_str(),
+              read_first_line("/proc/sys/fs/pipe-max-size").c_str());
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const auto& r = results[i];
+    std::printf("    {\"name\": %s, \"params\": %s, \"unit\": %s, \"coropipe\": %s, \"baseline\": %s, "
+                "\"ratio\": %s, \"target\": %s, \"met\": %s}%s\n",
+                json_string(r.spec.name).c_str(), r.spec.params.c_str(), json_string(r.spec.unit).c_str(),
+                json_number(r.coropipe).c_str(),
+                r.spec.baseline ? json_number(r.baseline).c_str() : "null", json_number(r.ratio).c_str(),
+                json_number(r.spec.target).c_str(), r.met ? (*r.met ? "true" : "false") : "null",
+                i + 1 < results.size() ? "," : "");
+  }
+  std::printf("  ]\n}\n");
+}
+
+} // namespace bench

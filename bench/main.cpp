@@ -1,0 +1,112 @@
+// coropipe-bench: every case through coropipe and through a raw baseline in
+// the same run, alternating, several repetitions, medians.
+//   coropipe-bench [--quick] [--json] [--filter SUBSTRING]
+#include "cases.hpp"
+#include "harness.hpp"
+
+#include <coropipe/pipe.hpp>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+using namespace bench;
+
+namespace {
+
+std::string kib(std::size_t bytes) {
+  return bytes >= (1U << 20) ? std::to_string(bytes >> 20) + " MiB"
+         : bytes >= 1024     ? std::to_string(bytes >> 10) + " KiB"
+                             : std::to_string(bytes) + " B";
+}
+
+std::vector<case_spec> all_cases(const settings& s) {
+  std::vector<case_spec> cases;
+  const std::size_t scale = s.quick ? 1 : 4;
+  // 1. Throughput at the kernel's default capacity for both.
+  struct tp {
+    std::size_t chunk;
+    std::size_t total;
+    double target;
+  };
+  for (const tp& t : {tp{64, std::size_t{2} << 20, 0.9}, tp{4096, std::size_t{32} << 20, 1.0},
+                      tp{65536, std::size_t{128} << 20, 1.0}, tp{1 << 20, std::size_t{128} << 20, 1.0}}) {
+    const std::size_t total = t.total * scale;
+    cases.push_back({"throughput " + kib(t.chunk) + " chunks",
+                     "{\"chunk\": " + std::to_string(t.chunk) + ", \"bytes\": " + std::to_string(total) +
+                         ", \"pipe_capacity\": \"default\"}",
+                     "MB/s", better::higher, t.target,
+                     [=] { return coropipe_throughput(t.chunk, total, 0); },
+                     [=] { return raw_throughput(t.chunk, total, 0); }, ""});
+  }
+  // 2. coropipe at its recommended capacity, raw at the default.
+  for (std::size_t chunk : {std::size_t{65536}, std::size_t{1} << 20}) {
+    const std::size_t total = (std::size_t{128} << 20) * scale;
+    cases.push_back({"throughput " + kib(chunk) + " chunks, 1 MiB pipe",
+                     "{\"chunk\": " + std::to_string(chunk) + ", \"bytes\": " + std::to_string(total) +
+                         ", \"pipe_capacity\": {\"coropipe\": " + std::to_string(coropipe::recommended_pipe_capacity) +
+                         ", \"baseline\": \"default\"}}",
+                     "MB/s", better::higher, 1.8,
+                     [=] { return coropipe_throughput(chunk, total, coropipe::recommended_pipe_capacity); },
+                     [=] { return raw_throughput(chunk, total, 0); }, ""});
+  }
+  // 3. Ping-pong: lower is better; the target 1/1.1 is "at most 1.1x raw".
+  const int rounds = s.quick ? 5000 : 20000;
+  cases.push_back({"ping-pong 16 B round trip", "{\"bytes\": 16, \"rounds\": " + std::to_string(rounds) + "}",
+                   "us/round trip", better::lower, 1 / 1.1, [=] { return coropipe_ping_pong(rounds); },
+                   [=] { return raw_ping_pong(rounds); }, ""});
+  // 4. Framed messages against one write per message.
+  const int messages = s.quick ? 200000 : 1000000;
+  cases.push_back({"messages 16 B, one sender", "{\"payload\": 16, \"messages\": " + std::to_string(messages) + "}",
+                   "msg/s", better::higher, 8.0, [=] { return coropipe_messages(messages); },
+                   [=] { return raw_messages(messages); }, "baseline: one write(2) per frame"});
+  // 6. Forked children, one after another.
+  const int forks = s.quick ? 200 : 1000;
+  cases.push_back({"fork + wait", "{\"children\": " + std::to_string(forks) + "}", "children/s", better::higher, 0.9,
+                   [=] { return coropipe_forks(forks); }, [=] { return raw_forks(forks); }, ""});
+  cases.push_back({"fork + wait: floor, Asio child without coropipe", "{\"children\": " + std::to_string(forks) + "}",
+                   "children/s", better::higher, std::nullopt, [=] { return floor_forks(forks); },
+                   [=] { return raw_forks(forks); },
+                   "reference: a hand-written fork whose child runs one coroutine on an io_context"});
+  // 7. Memory: report-only cases; the target is the value itself.
+  const int counted = s.quick ? 100000 : 1000000;
+  cases.push_back({"memory: framed_stream allocations/message", "{\"payload\": 16, \"messages\": " + std::to_string(counted) + "}",
+                   "allocs/msg", better::lower, 0.0, [=] { return allocations_per_message(counted); }, {},
+                   "operator new calls per message sent and received, after a warm-up"});
+  cases.push_back({"memory: channel<string> allocations/message", "{\"payload\": 16, \"messages\": " + std::to_string(counted) + "}",
+                   "allocs/msg", better::lower, 0.0, [=] { return channel_allocations_per_message(counted); }, {},
+                   "receiving into a reused std::string"});
+  cases.push_back({"memory: heap per open channel", "{\"pairs\": 100}", "bytes", better::lower, std::nullopt,
+                   [] { return heap_per_channel(100); }, {}, "read-ahead and send queue of one channel end after traffic"});
+  return cases;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  settings s;
+  bool json = false;
+  std::string filter;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) s.quick = true;
+    else if (std::strcmp(argv[i], "--json") == 0) json = true;
+    else if (std::strcmp(argv[i], "--filter") == 0 && i + 1 < argc) filter = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: coropipe-bench [--quick] [--json] [--filter SUBSTRING]\n");
+      return std::strcmp(argv[i], "--help") == 0 ? 0 : 2;
+    }
+  }
+  s.repetitions = s.quick ? 3 : 7;
+  std::vector<case_result> results;
+  try {
+    for (const auto& c : all_cases(s))
+      if (filter.empty() || c.name.find(filter) != std::string::npos) results.push_back(run_case(c, s));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "coropipe-bench: %s\n", e.what());
+    return 1;
+  }
+  if (json) print_json(results);
+  else print_table(results);
+  return 0;
+}
