@@ -35,6 +35,16 @@ namespace coropipe_test {
 
 using namespace std::chrono_literals;
 
+/// Runs @p io until @p done is set or @p timeout passes. Unlike run_for(),
+/// returns as soon as @p done is set, even while other work (a background
+/// flush waiting on a full pipe) keeps the io_context busy.
+inline void run_until(asio::io_context& io, const bool& done, std::chrono::nanoseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  io.restart();
+  while (!done && io.run_one_until(deadline) != 0) {
+  }
+}
+
 /// Runs @p aw on @p io until it completes, and returns its result or rethrows
 /// its exception. Never detached: a failure inside reaches the test. A
 /// coroutine still running after @p timeout is a failure (a hang).
@@ -48,8 +58,7 @@ T run(asio::io_context& io, asio::awaitable<T> aw, std::chrono::seconds timeout 
     if (!e) result.emplace(std::move(r));
     done = true;
   });
-  io.restart();
-  io.run_for(timeout);
+  run_until(io, done, timeout);
   if (!done) throw std::runtime_error("coroutine did not complete within the timeout (hang)");
   if (error) std::rethrow_exception(error);
   return std::move(*result);
@@ -62,8 +71,7 @@ inline void run(asio::io_context& io, asio::awaitable<void> aw, std::chrono::sec
     error = e;
     done = true;
   });
-  io.restart();
-  io.run_for(timeout);
+  run_until(io, done, timeout);
   if (!done) throw std::runtime_error("coroutine did not complete within the timeout (hang)");
   if (error) std::rethrow_exception(error);
 }
@@ -399,6 +407,120 @@ inline std::string read_line(int fd, std::chrono::milliseconds timeout = 30s) {
     if (c == '\n') return line;
     line += c;
   }
+}
+
+} // namespace coropipe_test
+
+// --- Helpers of the message-layer tests (io, frame, framed_stream, channel) ---
+
+#include <type_traits>
+
+namespace coropipe_test {
+
+/// Runs all of @p coroutines on @p io concurrently until every one has
+/// completed; rethrows the first exception (in the order given). Never
+/// detached. Still running after @p timeout: a failure (a hang).
+inline void run_all(asio::io_context& io, std::vector<asio::awaitable<void>> coroutines,
+                    std::chrono::seconds timeout = 60s) {
+  std::vector<std::exception_ptr> errors(coroutines.size());
+  std::size_t left = coroutines.size();
+  for (std::size_t i = 0; i < coroutines.size(); ++i) {
+    asio::co_spawn(io, std::move(coroutines[i]), [&errors, &left, i](std::exception_ptr e) {
+      errors[i] = e;
+      --left;
+    });
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  io.restart();
+  while (left != 0 && io.run_one_until(deadline) != 0) {
+  }
+  if (left != 0) throw std::runtime_error("coroutines did not complete within the timeout (hang)");
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+/// run_all() of the coroutines given as arguments.
+template <typename... More>
+  requires(std::is_same_v<More, asio::awaitable<void>> && ...)
+void run_all(asio::io_context& io, asio::awaitable<void> first, More... more) {
+  std::vector<asio::awaitable<void>> all;
+  all.push_back(std::move(first));
+  (all.push_back(std::move(more)), ...);
+  run_all(io, std::move(all));
+}
+
+/// The path of the executable @p name found along $PATH, if any.
+inline std::optional<std::string> find_in_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  if (path == nullptr) return std::nullopt;
+  std::string dirs = path;
+  std::size_t start = 0;
+  for (;;) {
+    const std::size_t colon = dirs.find(':', start);
+    std::string dir = dirs.substr(start, colon == std::string::npos ? std::string::npos : colon - start);
+    if (dir.empty()) dir = ".";
+    const std::string candidate = dir + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    if (colon == std::string::npos) return std::nullopt;
+    start = colon + 1;
+  }
+}
+
+/// A program started with its stdin, stdout and stderr all on pipes.
+struct piped_program {
+  pid_t pid = -1;
+  int in = -1;   // write end of its stdin
+  int out = -1;  // read end of its stdout
+  int err = -1;  // read end of its stderr
+};
+
+/// Starts @p argv (argv[0] a path) with stdin, stdout and stderr on pipes;
+/// the caller's ends are close-on-exec and blocking. The caller closes them
+/// and reaps the program (wait_for_pid).
+inline piped_program start_piped_program(const std::vector<std::string>& argv) {
+  int in[2], out[2], err[2];
+  if (::pipe2(in, O_CLOEXEC) != 0) throw std::system_error(errno, std::system_category(), "pipe2");
+  if (::pipe2(out, O_CLOEXEC) != 0) {
+    const int e = errno;
+    ::close(in[0]);
+    ::close(in[1]);
+    throw std::system_error(e, std::system_category(), "pipe2");
+  }
+  if (::pipe2(err, O_CLOEXEC) != 0) {
+    const int e = errno;
+    for (int fd : {in[0], in[1], out[0], out[1]}) ::close(fd);
+    throw std::system_error(e, std::system_category(), "pipe2");
+  }
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t all, none;
+  sigfillset(&all);
+  sigemptyset(&none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  const int r = ::posix_spawn(&pid, args[0], &fa, &attr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  ::close(in[0]);
+  ::close(out[1]);
+  ::close(err[1]);
+  if (r != 0) {
+    ::close(in[1]);
+    ::close(out[0]);
+    ::close(err[0]);
+    throw std::system_error(r, std::system_category(), "posix_spawn " + argv[0]);
+  }
+  return {pid, in[1], out[0], err[0]};
 }
 
 } // namespace coropipe_test

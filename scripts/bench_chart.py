@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Draws coropipe-bench's results as SVG charts, with nothing but Python's
+standard library (no network, no plotting package).
+
+    scripts/bench_chart.py results.json OUTDIR
+
+writes OUTDIR/throughput.svg (MB/s against chunk size, coropipe and raw, at
+the default pipe capacity and at coropipe's recommended 1 MiB) and
+OUTDIR/ratios.svg (every case's ratio against its target).
+"""
+import json
+import math
+import pathlib
+import sys
+
+W, H, PAD = 720, 420, 70
+COLOURS = {"coropipe": "#1f77b4", "baseline": "#d62728", "coropipe, 1 MiB pipe": "#2ca02c"}
+
+
+def svg(width, height, body):
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'font-family="sans-serif" font-size="12">\n<rect width="100%" height="100%" fill="white"/>\n'
+            + "\n".join(body) + "\n</svg>\n")
+
+
+def text(x, y, s, anchor="middle", size=12, weight="normal"):
+    s = s.replace("&", "&amp;").replace("<", "&lt;")
+    return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" font-weight="{weight}">{s}</text>'
+
+
+def throughput_chart(cases):
+    series = {"coropipe": {}, "baseline": {}, "coropipe, 1 MiB pipe": {}}
+    for c in cases:
+        if not c["name"].startswith("throughput"):
+            continue
+        chunk = c["params"]["chunk"]
+        cap = c["params"]["pipe_capacity"]
+        if cap == "default":
+            series["coropipe"][chunk] = c["coropipe"]
+            series["baseline"][chunk] = c["baseline"]
+        else:
+            series["coropipe, 1 MiB pipe"][chunk] = c["coropipe"]
+    chunks = sorted(set(series["coropipe"]) | set(series["coropipe, 1 MiB pipe"]))
+    values = [v for s in series.values() for v in s.values() if v]
+    if not chunks or not values:
+        return None
+    lo, hi = math.log2(min(chunks)), math.log2(max(chunks))
+    top = max(values) * 1.1
+    def px(chunk):
+        return PAD + (math.log2(chunk) - lo) / max(hi - lo, 1) * (W - 2 * PAD)
+    def py(v):
+        return H - PAD - v / top * (H - 2 * PAD)
+    body = [text(W / 2, 24, "Throughput, child to parent (MB/s, higher is better)", size=15, weight="bold"),
+            f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="black"/>',
+            f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="black"/>',
+            text(W / 2, H - 20, "chunk size (bytes per write and per read)")]
+    for i in range(6):
+        v = top * i / 5
+        body.append(f'<line x1="{PAD - 4}" y1="{py(v):.1f}" x2="{W - PAD}" y2="{py(v):.1f}" stroke="#ddd"/>')
+        body.append(text(PAD - 8, py(v) + 4, f"{v:.0f}", anchor="end"))
+    for c in chunks:
+        label = f"{c >> 20} MiB" if c >= 1 << 20 else f"{c >> 10} KiB" if c >= 1024 else f"{c} B"
+        body.append(text(px(c), H - PAD + 18, label))
+    for i, (name, pts) in enumerate(series.items()):
+        xs = sorted(pts)
+        if not xs:
+            continue
+        path = " ".join(f"{px(x):.1f},{py(pts[x]):.1f}" for x in xs)
+        colour = COLOURS[name]
+        body.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        body += [f'<circle cx="{px(x):.1f}" cy="{py(pts[x]):.1f}" r="4" fill="{colour}"/>' for x in xs]
+        body.append(f'<rect x="{PAD + 10}" y="{PAD + 18 * i - 10}" width="12" height="12" fill="{colour}"/>')
+        body.append(text(PAD + 28, PAD + 18 * i, "raw baseline" if name == "baseline" else name, anchor="start"))
+    return svg(W, H, body)
+
+
+def ratio_chart(cases):
+    rows = [c for c in cases if c.get("ratio") is not None]
+    if not rows:
+        return None
+    height = PAD + 28 * len(rows) + 40
+    left = 320
+    top = max([r["ratio"] for r in rows] + [r["target"] or 0 for r in rows]) * 1.1
+    def px(v):
+        return left + v / top * (W + 200 - left - 40)
+    body = [text((W + 200) / 2, 24, "coropipe / raw baseline (higher is better; | marks the target)", size=15, weight="bold")]
+    for i, r in enumerate(rows):
+        y = PAD + 28 * i
+        met = r.get("met")
+        colour = "#2ca02c" if met else "#d62728" if met is False else "#888"
+        body.append(text(left - 10, y + 14, r["name"], anchor="end"))
+        body.append(f'<rect x="{left}" y="{y}" width="{px(r["ratio"]) - left:.1f}" height="18" fill="{colour}"/>')
+        body.append(text(px(r["ratio"]) + 6, y + 14, f'{r["ratio"]:.2f}x', anchor="start"))
+        if r.get("target"):
+            body.append(f'<line x1="{px(r["target"]):.1f}" y1="{y - 3}" x2="{px(r["target"]):.1f}" y2="{y + 21}" '
+                        f'stroke="black" stroke-width="2"/>')
+    body.append(f'<line x1="{px(1):.1f}" y1="{PAD - 8}" x2="{px(1):.1f}" y2="{height - 30}" stroke="#999" stroke-dasharray="4"/>')
+    body.append(text(px(1), height - 14, "1.0 = as fast as raw"))
+    return svg(W + 200, height, body)
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    data = json.loads(pathlib.Path(sys.argv[1]).read_text())
+    out = pathlib.Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    for name, chart in (("throughput.svg", throughput_chart(data["cases"])), ("ratios.svg", ratio_chart(data["cases"]))):
+        if chart is None:
+            sys.exit(f"bench_chart.py: no data for {name}")
+        (out / name).write_text(chart)
+        print(f"wrote {out / name}")
+
+
+if __name__ == "__main__":
+    main()

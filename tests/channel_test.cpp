@@ -1,0 +1,5 @@
+#include <coropipe/channel.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support.hpp"
