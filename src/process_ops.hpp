@@ -1,5 +1,5 @@
-// Private building blocks of the process-level coroutines (process_ops.cpp,
-// communicate.cpp): waits on a child_state that a coroutine can race.
+// Private building blocks of spawn.cpp, pipeline.cpp and the process-level
+// coroutines (process_ops.cpp, communicate.cpp).
 #pragma once
 
 #include <coropipe/spawn.hpp>
@@ -8,6 +8,7 @@
 #include <asio/cancellation_state.hpp>
 
 #include <memory>
+#include <string>
 #include <system_error>
 #include <tuple>
 
@@ -26,5 +27,9 @@ asio::awaitable<std::error_code> wait_ended(std::shared_ptr<child_state> st);
 
 // child::async_wait() on a bare state: waits for the program and reaps it.
 asio::awaitable<std::tuple<std::error_code, exit_status>> wait_one(std::shared_ptr<child_state> st);
+
+// The first problem with @p opts that makes spawn() refuse them
+// (errc::invalid_argument), or an empty string.
+std::string invalid_options(const spawn_options& opts);
 
 } // namespace coropipe::detail

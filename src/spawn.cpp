@@ -21,6 +21,7 @@
 #include <coropipe/attach.hpp>
 #include <coropipe/pipe.hpp>
 
+#include "process_ops.hpp"
 #include "sys.hpp"
 
 #include <dirent.h>
@@ -315,8 +316,15 @@ std::string quote(std::string_view s) {
   return out + "\"";
 }
 
-// The first problem with @p opts, or an empty string.
-std::string invalid_options(const spawn_options& opts, const std::string& program) {
+std::string program_of(const spawn_options& opts) {
+  if (!opts.program.empty()) return opts.program.native();
+  return opts.argv.empty() ? std::string() : opts.argv[0];
+}
+
+} // namespace
+
+std::string invalid_options(const spawn_options& opts) {
+  const std::string program = program_of(opts);
   using kind = stdio_access::kind;
   if (opts.argv.empty()) return "argv is empty";
   for (std::size_t i = 0; i < opts.argv.size(); ++i) {
@@ -354,6 +362,8 @@ std::string invalid_options(const spawn_options& opts, const std::string& progra
   if (opts.parent_death_signal < 0 || opts.parent_death_signal > 64) return "parent_death_signal is not a signal";
   return {};
 }
+
+namespace {
 
 // Where execve() is tried, in order: the program itself if it names a path,
 // else each directory of the PATH that the program will have.
@@ -463,9 +473,8 @@ process spawn_impl(const asio::any_io_executor& ex, spawn_options& opts, std::er
   ec.clear();
   what.clear();
   try {
-    const std::string program = opts.program.empty() ? (opts.argv.empty() ? std::string() : opts.argv[0])
-                                                     : opts.program.native();
-    if (std::string problem = invalid_options(opts, program); !problem.empty()) {
+    const std::string program = program_of(opts);
+    if (std::string problem = invalid_options(opts); !problem.empty()) {
       ec = errc::invalid_argument;
       what = std::move(problem);
       return process(ex);
