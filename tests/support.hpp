@@ -256,20 +256,22 @@ extern char** environ;
 
 namespace coropipe_test {
 
-/// A program started with its stdout and stderr on pipes (stdin: /dev/null).
+/// A program started with its stdout and stderr on pipes (stdin: the file
+/// @p stdin_path, /dev/null by default).
 struct started_program {
   pid_t pid = -1;
   int out = -1;  // read end of its stdout
   int err = -1;  // read end of its stderr
 };
 
-inline started_program start_program(const std::vector<std::string>& argv) {
+inline started_program start_program(const std::vector<std::string>& argv,
+                                     const std::string& stdin_path = "/dev/null") {
   int out[2], err[2];
   if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
     throw std::system_error(errno, std::system_category(), "pipe2");
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 0, stdin_path.c_str(), O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&fa, out[1], 1);
   posix_spawn_file_actions_adddup2(&fa, err[1], 2);
   // The program starts with default signal handling and an empty mask, not

@@ -4,9 +4,13 @@
 
 #include <coropipe/attach.hpp>
 #include <coropipe/child.hpp>
+#include <coropipe/communicate.hpp>
 #include <coropipe/error.hpp>
 #include <coropipe/exit_status.hpp>
 #include <coropipe/fork.hpp>
+#include <coropipe/line_reader.hpp>
 #include <coropipe/pipe.hpp>
+#include <coropipe/pipeline.hpp>
 #include <coropipe/sigpipe.hpp>
+#include <coropipe/spawn.hpp>
 #include <coropipe/unique_fd.hpp>
