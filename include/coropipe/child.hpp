@@ -8,6 +8,8 @@
 
 #include <asio/any_io_executor.hpp>
 #include <asio/async_result.hpp>
+#include <asio/cancellation_type.hpp>
+#include <asio/error.hpp>
 #include <asio/execution_context.hpp>
 #include <asio/compose.hpp>
 #include <asio/post.hpp>
@@ -92,6 +94,12 @@ public:
       return;
     case phase::waiting:
       if (!ec && !ready(ec)) {
+        // A cancellation emitted after the last wait completed, while its
+        // completion was queued, reached no operation: the state saw it.
+        if (self.get_cancellation_state().cancelled() != asio::cancellation_type::none) {
+          finish(self, asio::error::operation_aborted);
+          return;
+        }
         arm(self);  // a spurious wake-up, or the fallback's next poll
         return;
       }

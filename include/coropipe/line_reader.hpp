@@ -13,6 +13,7 @@
 
 #include <asio/async_result.hpp>
 #include <asio/buffer.hpp>
+#include <asio/cancellation_type.hpp>
 #include <asio/compose.hpp>
 #include <asio/error.hpp>
 #include <asio/post.hpp>
@@ -61,6 +62,12 @@ public:
       }
       if (r_->take(ec_, line_)) {
         self.complete(ec_, std::move(line_));
+        return;
+      }
+      // A cancellation emitted while this read's completion was queued
+      // reached no operation; the state remembers it.
+      if (self.get_cancellation_state().cancelled() != asio::cancellation_type::none) {
+        self.complete(asio::error::operation_aborted, std::nullopt);
         return;
       }
       read_more(self);
