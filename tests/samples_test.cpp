@@ -287,3 +287,135 @@ TEST_CASE("request_reply: bad flags") {
   CHECK(status_of(r) == exit_status::exited(2));
   CHECK(r.out.empty());
 }
+
+// ---------------------------------------------------------------------------
+// run_capture and pipeline (chapter 3)
+
+namespace {
+
+const std::string run_capture = COROPIPE_SAMPLE_RUN_CAPTURE;
+const std::string pipeline = COROPIPE_SAMPLE_PIPELINE;
+
+coropipe_test::program_result run_with_input(const std::vector<std::string>& argv, const std::string& input) {
+  return coropipe_test::run_program_with_input(argv, input);
+}
+
+} // namespace
+
+TEST_CASE("run_capture: stdout and stderr labelled, then the status; its exit code is the program's") {
+  const auto r = run_program({run_capture, "sh", "-c", "echo hello; echo oops >&2; printf 'no newline'; exit 3"});
+  CHECK(status_of(r) == exit_status::exited(3));
+  CHECK(r.out ==
+        "== stdout (16 bytes) ==\nhello\nno newline\n"
+        "== stderr (5 bytes) ==\noops\n"
+        "== exited with 3 ==\n");
+  CHECK(r.err.empty());
+}
+
+TEST_CASE("run_capture: a program killed by a signal gives 128 + the signal") {
+  const auto r = run_program({run_capture, "sh", "-c", "kill -TERM $$"});
+  CHECK(status_of(r) == exit_status::exited(128 + SIGTERM));
+  CHECK(r.out.find("== killed by SIGTERM ==\n") != std::string::npos);
+}
+
+TEST_CASE("run_capture: stdout and stderr are captured concurrently") {
+  // 1 MB on stderr before anything on stdout: a reader waiting for the end of
+  // stdout first would never see it.
+  const auto r = run_program({run_capture, "sh", "-c", "head -c 1000000 /dev/zero >&2; echo done"});
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out.find("== stdout (5 bytes) ==\ndone\n== stderr (1000000 bytes) ==\n") == 0);
+}
+
+TEST_CASE("run_capture: the program reads run_capture's stdin") {
+  const auto r = run_with_input({run_capture, "tr", "a-z", "A-Z"}, "shout\n");
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out.find("== stdout (6 bytes) ==\nSHOUT\n") == 0);
+}
+
+TEST_CASE("run_capture: usage errors exit 2; a program that cannot start exits 127 or 126 with the reason") {
+  const auto usage = run_program({run_capture});
+  CHECK(status_of(usage) == exit_status::exited(2));
+  CHECK(usage.err.find("usage: run_capture") == 0);
+  CHECK(usage.out.empty());
+
+  const auto missing = run_program({run_capture, "no-such-program-coropipe"});
+  CHECK(status_of(missing) == exit_status::exited(127));
+  CHECK(missing.err ==
+        "run_capture: coropipe::spawn: execve no-such-program-coropipe: No such file or directory\n");
+
+  char path[] = "/tmp/coropipe-samples-test-XXXXXX";  // mode 0600: not executable
+  const int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  ::close(fd);
+  const auto denied = run_program({run_capture, path});
+  ::unlink(path);
+  CHECK(status_of(denied) == exit_status::exited(126));
+  CHECK(denied.err == "run_capture: coropipe::spawn: execve " + std::string(path) + ": Permission denied\n");
+}
+
+TEST_CASE("pipeline: stdin through the stages to stdout; every stage's status on stderr") {
+  const auto r = run_with_input({pipeline, "sort", "|", "uniq", "-c", "|", "sort", "-rn"}, "b\na\nb\n");
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out == "      2 b\n      1 a\n");
+  CHECK(r.err ==
+        "pipeline: stage 0 (sort): exited with 0\n"
+        "pipeline: stage 1 (uniq): exited with 0\n"
+        "pipeline: stage 2 (sort): exited with 0\n");
+}
+
+TEST_CASE("pipeline: the exit status is that of bash's set -o pipefail") {
+  struct example {
+    std::vector<std::string> args;
+    std::string bash;
+  };
+  const std::vector<example> examples = {
+      {{"yes", "|", "head", "-n", "2"}, "yes | head -n 2"},
+      {{"sh", "-c", "exit 3", "|", "true"}, "sh -c 'exit 3' | true"},
+      {{"true", "|", "sh", "-c", "exit 4"}, "true | sh -c 'exit 4'"},
+      {{"sh", "-c", "exit 3", "|", "sh", "-c", "exit 5", "|", "cat"}, "sh -c 'exit 3' | sh -c 'exit 5' | cat"},
+      {{"true", "|", "true"}, "true | true"},
+      {{"sh", "-c", "kill -USR1 $$", "|", "cat"}, "sh -c 'kill -USR1 $$' | cat"},
+  };
+  for (const auto& e : examples) {
+    INFO("pipeline " << e.bash);
+    std::vector<std::string> argv{pipeline};
+    argv.insert(argv.end(), e.args.begin(), e.args.end());
+    const auto ours = run_program(argv);
+    const auto bash = run_program({"/bin/bash", "-c", "set -o pipefail; " + e.bash});
+    CHECK(status_of(ours) == status_of(bash));
+    CHECK(ours.out == bash.out);
+  }
+  const auto r = run_program({pipeline, "yes", "|", "head", "-n", "2"});
+  CHECK(status_of(r) == exit_status::exited(141));
+  CHECK(r.out == "y\ny\n");
+  CHECK(r.err == "pipeline: stage 0 (yes): killed by SIGPIPE\npipeline: stage 1 (head): exited with 0\n");
+}
+
+TEST_CASE("pipeline: the last stage's output comes as it is written; SIGTERM stops every stage") {
+  auto p = start_program({pipeline, "sh", "-c", "echo first; exec sleep 60", "|", "cat"});
+  // Read while the pipeline still runs: cat writes straight to our pipe.
+  CHECK(coropipe_test::read_line(p.out) == "first");
+  ::kill(p.pid, SIGTERM);
+  const auto r = finish_program(p, 30s);
+  CHECK(status_of(r) == exit_status::killed(SIGTERM));
+  CHECK(r.err ==
+        "pipeline: stage 0 (sh): killed by SIGTERM\n"
+        "pipeline: stage 1 (cat): killed by SIGTERM\n");
+  // Had a stage outlived it, this subreaper would have inherited it.
+  CHECK_FALSE(coropipe_test::has_children());
+}
+
+TEST_CASE("pipeline: usage errors exit 2; a stage that cannot start exits 127 with the reason") {
+  for (const auto& args : std::vector<std::vector<std::string>>{{}, {"|", "cat"}, {"cat", "|"}, {"cat", "|", "|", "cat"}}) {
+    std::vector<std::string> argv{pipeline};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const auto r = run_program(argv);
+    CHECK(status_of(r) == exit_status::exited(2));
+    CHECK(r.err.find("usage: pipeline") == 0);
+  }
+  const auto r = run_program({pipeline, "true", "|", "no-such-program-coropipe"});
+  CHECK(status_of(r) == exit_status::exited(127));
+  CHECK(r.err ==
+        "pipeline: coropipe::spawn: stage 1 (no-such-program-coropipe): execve no-such-program-coropipe: "
+        "No such file or directory\n");
+}

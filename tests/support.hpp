@@ -264,7 +264,8 @@ extern char** environ;
 
 namespace coropipe_test {
 
-/// A program started with its stdout and stderr on pipes (stdin: /dev/null).
+/// A program started with its stdout and stderr on pipes (stdin: the file
+/// @p stdin_path, /dev/null by default).
 struct started_program {
   pid_t pid = -1;
   int out = -1;  // read end of its stdout

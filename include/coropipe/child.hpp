@@ -8,6 +8,9 @@
 
 #include <asio/any_io_executor.hpp>
 #include <asio/async_result.hpp>
+#include <asio/cancellation_type.hpp>
+#include <asio/error.hpp>
+#include <asio/execution_context.hpp>
 #include <asio/compose.hpp>
 #include <asio/post.hpp>
 #include <asio/posix/stream_descriptor.hpp>
@@ -20,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <system_error>
+#include <type_traits>
 
 namespace coropipe {
 
@@ -46,6 +50,21 @@ struct child_state {
 // The polling interval of the fallback wait: 1 ms doubling up to 50 ms.
 inline constexpr std::chrono::milliseconds first_poll_interval{1};
 inline constexpr std::chrono::milliseconds max_poll_interval{50};
+
+// An executor, or an execution context (e.g. asio::io_context&) whose
+// executor is meant: what fork_child() and spawn() take.
+template <typename X>
+concept executor_or_context =
+    std::is_convertible_v<std::remove_cvref_t<X>&, asio::execution_context&> ||
+    std::is_convertible_v<const std::remove_cvref_t<X>&, asio::any_io_executor>;
+
+template <typename X>
+asio::any_io_executor executor_of(X& x) {
+  if constexpr (std::is_convertible_v<X&, asio::execution_context&>)
+    return x.get_executor();
+  else
+    return x;
+}
 
 // The executor an empty handle's operations complete on.
 asio::any_io_executor fallback_executor();
@@ -75,6 +94,12 @@ public:
       return;
     case phase::waiting:
       if (!ec && !ready(ec)) {
+        // A cancellation emitted after the last wait completed, while its
+        // completion was queued, reached no operation: the state saw it.
+        if (self.get_cancellation_state().cancelled() != asio::cancellation_type::none) {
+          finish(self, asio::error::operation_aborted);
+          return;
+        }
         arm(self);  // a spurious wake-up, or the fallback's next poll
         return;
       }
@@ -310,6 +335,7 @@ private:
 namespace detail {
 struct child_access {
   static child make(std::shared_ptr<child_state> st) noexcept { return child(std::move(st)); }
+  static const std::shared_ptr<child_state>& state(const child& c) noexcept { return c.state_; }
 };
 } // namespace detail
 

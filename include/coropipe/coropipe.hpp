@@ -5,12 +5,16 @@
 #include <coropipe/attach.hpp>
 #include <coropipe/channel.hpp>
 #include <coropipe/child.hpp>
+#include <coropipe/communicate.hpp>
 #include <coropipe/error.hpp>
 #include <coropipe/exit_status.hpp>
 #include <coropipe/fork.hpp>
 #include <coropipe/frame.hpp>
 #include <coropipe/framed_stream.hpp>
 #include <coropipe/io.hpp>
+#include <coropipe/line_reader.hpp>
 #include <coropipe/pipe.hpp>
+#include <coropipe/pipeline.hpp>
 #include <coropipe/sigpipe.hpp>
+#include <coropipe/spawn.hpp>
 #include <coropipe/unique_fd.hpp>

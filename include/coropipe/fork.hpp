@@ -148,19 +148,6 @@ template <typename T>
 inline constexpr bool is_awaitable_int_or_void =
     std::is_same_v<T, asio::awaitable<int>> || std::is_same_v<T, asio::awaitable<void>>;
 
-template <typename X>
-concept executor_or_context =
-    std::is_convertible_v<X&, asio::execution_context&> ||
-    std::is_convertible_v<const X&, asio::any_io_executor>;
-
-template <typename X>
-asio::any_io_executor executor_of(X& x) {
-  if constexpr (std::is_convertible_v<X&, asio::execution_context&>)
-    return x.get_executor();
-  else
-    return x;
-}
-
 template <typename F, typename... Args>
 struct bound_child {
   F f;

@@ -19,8 +19,10 @@
 ///   block_sigpipe_in_this_thread() (or ignore_sigpipe() process-wide).
 /// - A blocked SIGPIPE stays pending on the thread after an EPIPE. coropipe's
 ///   own write operations discard it; discard_pending_sigpipe() does it for
-///   writes made by other code. coropipe::spawn() resets the mask and the
-///   pending set of the programs it starts, so they see the usual SIGPIPE.
+///   writes made by other code. coropipe::spawn() empties the signal mask of
+///   the programs it starts (and a new process starts with nothing pending),
+///   and resets an ignored SIGPIPE to the default there, so they see the
+///   usual SIGPIPE.
 #pragma once
 
 namespace coropipe {
@@ -31,8 +33,9 @@ void block_sigpipe_in_this_thread() noexcept;
 
 /// Sets SIGPIPE's process-wide disposition to SIG_IGN, as Python and Rust do
 /// at start-up. Call it yourself if you prefer that; coropipe never does.
-/// Note that ignored signals stay ignored in programs the process execs
-/// (coropipe::spawn() resets them to the default).
+/// Note that ignored signals stay ignored in programs the process execs;
+/// coropipe::spawn() resets SIGPIPE (and SIGXFSZ) to the default in the
+/// programs it starts, as Python's subprocess does.
 void ignore_sigpipe() noexcept;
 
 /// True when a write that hits a closed pipe in this thread fails with EPIPE
