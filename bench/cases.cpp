@@ -9,6 +9,8 @@
 #include <asio/use_awaitable.hpp>
 
 #include <fcntl.h>
+#include <spawn.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +19,8 @@
 #include <string>
 #include <system_error>
 #include <vector>
+
+extern "C" char** environ;
 
 namespace bench {
 
@@ -352,5 +356,47 @@ double coropipe_forks(int count) {
     co_return count / seconds_since(t0);
   }());
 }
+
+// Case 5: /bin/true spawned and waited for, one after another. Returns
+// programs per second.
+double raw_spawns(int count) {
+  char arg0[] = "/bin/true";
+  char* argv[] = {arg0, nullptr};
+  const auto t0 = clock::now();
+  for (int i = 0; i < count; ++i) {
+    pid_t pid = -1;
+    const int r = ::posix_spawn(&pid, arg0, nullptr, nullptr, argv, environ);
+    if (r != 0) {
+      errno = r;
+      fail("posix_spawn");
+    }
+    reap(pid);
+  }
+  return count / seconds_since(t0);
+}
+
+double coropipe_spawns(int count) {
+  asio::io_context io(1);
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    const auto t0 = clock::now();
+    for (int i = 0; i < count; ++i) {
+      auto p = coropipe::spawn(io, {.argv = {"/bin/true"}});
+      if (!(co_await p.async_wait(use_awaitable)).success()) throw std::runtime_error("/bin/true failed");
+    }
+    co_return count / seconds_since(t0);
+  }());
+}
+
+big_parent::big_parent(std::size_t bytes) : size_(bytes) {
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) fail("mmap");
+  // Small pages, each one written: the largest page tables such a parent can
+  // have, the worst case for anything that copies the address space.
+  ::madvise(p, bytes, MADV_NOHUGEPAGE);
+  for (std::size_t off = 0; off < bytes; off += 4096) static_cast<volatile char*>(p)[off] = 1;
+  mem_ = p;
+}
+
+big_parent::~big_parent() { ::munmap(mem_, size_); }
 
 } // namespace bench

@@ -15,6 +15,22 @@ double coropipe_messages(int count);
 double raw_forks(int count);
 double coropipe_forks(int count);
 double floor_forks(int count);
+double raw_spawns(int count);
+double coropipe_spawns(int count);
+
+// A parent with a large resident set: @p bytes of anonymous memory, every
+// page touched, held while the object lives.
+class big_parent {
+public:
+  explicit big_parent(std::size_t bytes);
+  ~big_parent();
+  big_parent(const big_parent&) = delete;
+  big_parent& operator=(const big_parent&) = delete;
+
+private:
+  void* mem_ = nullptr;
+  std::size_t size_;
+};
 
 // Case 7 (memory): operator new calls per message in steady state.
 double allocations_per_message(int count);

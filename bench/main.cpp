@@ -61,6 +61,22 @@ std::vector<case_spec> all_cases(const settings& s) {
   cases.push_back({"messages 16 B, one sender", "{\"payload\": 16, \"messages\": " + std::to_string(messages) + "}",
                    "msg/s", better::higher, 8.0, [=] { return coropipe_messages(messages); },
                    [=] { return raw_messages(messages); }, "baseline: one write(2) per frame"});
+  // 5. Programs spawned and waited for, one after another; then the same
+  // with a parent holding 1 GiB of touched memory, against coropipe's own
+  // small-parent rate (the memory is mapped only while that case runs).
+  const int spawns = s.quick ? 300 : 2000;
+  cases.push_back({"spawn /bin/true + wait", "{\"programs\": " + std::to_string(spawns) + "}", "programs/s",
+                   better::higher, 1.0, [=] { return coropipe_spawns(spawns); }, [=] { return raw_spawns(spawns); },
+                   "baseline: posix_spawn + waitpid"});
+  cases.push_back({"spawn /bin/true + wait, 1 GiB parent",
+                   "{\"programs\": " + std::to_string(spawns) + ", \"parent_rss\": 1073741824}", "programs/s",
+                   better::higher, 0.9,
+                   [=] {
+                     big_parent big(std::size_t{1} << 30);
+                     return coropipe_spawns(spawns);
+                   },
+                   [=] { return coropipe_spawns(spawns); },
+                   "baseline: coropipe's own rate in a small parent (the same run)"});
   // 6. Forked children, one after another.
   const int forks = s.quick ? 200 : 1000;
   cases.push_back({"fork + wait", "{\"children\": " + std::to_string(forks) + "}", "children/s", better::higher, 0.9,
