@@ -80,6 +80,8 @@ int main(int argc, char** argv) {
                  });
   io.run();
   // [docs:end]
+
+  // [docs:run-capture-report]
   if (error) {
     std::fprintf(stderr, "run_capture: %s\n", error.message().c_str());
     return 1;
@@ -90,4 +92,5 @@ int main(int argc, char** argv) {
   std::printf("== %s ==\n", result.status.to_string().c_str());
   if (std::fflush(stdout) != 0) return errno == EPIPE ? 128 + 13 : 1;  // as SIGPIPE would
   return result.status.shell_code();
+  // [docs:end]
 }
