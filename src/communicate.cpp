@@ -169,7 +169,8 @@ asio::awaitable<std::tuple<std::error_code, communicate_result>> communicate(
   }
 
   if (why != stop_reason::none) {
-    // Stopping is not cancellable: it takes at most the grace period.
+    // Stopping is not cancellable: the grace period, then SIGKILL and the
+    // time the kernel takes to end the process.
     co_await asio::this_coro::reset_cancellation_state(
         [](asio::cancellation_type) { return asio::cancellation_type::none; });
     std::error_code ignored;

@@ -163,7 +163,7 @@ private:
 /// Whether a wait on a child uses a pidfd (Linux 5.3+) or polls.
 enum class wait_mechanism {
   pidfd,  ///< the pidfd is registered with the executor's reactor
-  poll,   ///< pidfd_open was refused (old kernel, seccomp): waitpid(WNOHANG) is polled
+  poll,   ///< no pidfd (old kernel, seccomp, COROPIPE_DISABLE_PIDFD): waitpid(WNOHANG) is polled
 };
 
 /// The handle of one child process of this process.
@@ -173,8 +173,10 @@ enum class wait_mechanism {
 /// becomes readable when the child terminates; only then is it reaped with
 /// waitid(WNOHANG), for its own pid only. No SIGCHLD handler is installed and
 /// no other child of the process is reaped, so an application's own waitpid()
-/// users are not disturbed. Where pidfd_open() is refused (Linux before 5.3,
-/// seccomp filters), waits poll waitpid(pid, WNOHANG) on a timer instead,
+/// users are not disturbed. Where pidfds are refused (for forked children
+/// pidfd_open(), Linux before 5.3; for spawned programs clone's CLONE_PIDFD,
+/// Linux before 5.2; or a seccomp filter), or COROPIPE_DISABLE_PIDFD=1 is set
+/// in the environment, waits poll waitpid(pid, WNOHANG) on a timer instead,
 /// starting at 1 ms and backing off to 50 ms (see mechanism()).
 ///
 /// **No zombies, no runaways.** A handle destroyed (or assigned over) while its

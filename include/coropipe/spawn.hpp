@@ -24,21 +24,26 @@
 /// fork_child(). The pidfd comes with the clone, so the program is waited for
 /// through it (see child.hpp).
 ///
-/// In the child, before the program is exec'd:
+/// In the child, before the program is exec'd (every signal stays blocked
+/// until the very end):
 /// - signal handlers are reset to the default, and so is SIGPIPE (and
 ///   SIGXFSZ) when ignored; other ignored signals stay ignored, as exec keeps
-///   them (that is how `nohup` works). The signal mask is emptied.
+///   them (that is how `nohup` works);
 /// - the parent-death signal is set, then the parent is checked to still be
 ///   there (closing the race with a parent that died during the spawn);
 /// - a new session or process group is made, if asked for;
 /// - the standard streams and passed descriptors are put in place (each is
-///   first moved above every target number, so overlapping numbers are fine),
-///   and made blocking: O_NONBLOCK is cleared, on the open file description;
+///   first moved above every target number, so overlapping numbers are fine).
+///   Those coropipe creates (pipes, `/dev/null`) are blocking; a descriptor
+///   you give (stdio::from(), passed descriptors) is made blocking by
+///   clearing O_NONBLOCK on its open file description, which it shares with
+///   any copy you keep. Inherited streams are left as they are;
 /// - the working directory is changed;
 /// - every other descriptor is marked close-on-exec with one close_range()
 ///   call — also those some library opened without O_CLOEXEC — so the program
 ///   sees 0, 1, 2 and the descriptors passed on purpose, nothing else;
-/// - the program is exec'd: each PATH candidate in turn, like execvp().
+/// - the signal mask is emptied and the program is exec'd: each PATH
+///   candidate in turn, like execvp().
 ///
 /// ### Failures are errors, not exit status 127
 /// When a step fails, the child records the step and errno in memory it
@@ -411,10 +416,12 @@ struct process_access {
 /// @throws std::system_error whose what() names the failing step:
 /// `errc::invalid_argument` for options that can never work ("argv is
 /// empty", "argv[1] contains a NUL byte", "stdio::to_stdout() is for stderr
-/// only", ...), or the errno of "pipe2", "open /dev/null", "clone", "chdir
-/// <dir>", "setsid", "setpgid", "prctl(PR_SET_PDEATHSIG)", "dup <fd>" (moving
-/// it above the target numbers), "dup2 <fd> -> <n>",
-/// "close_range", "execve <path>" (ENOENT for a program found nowhere on the
+/// only", ...), or the errno of the step that failed: "allocating", "mmap"
+/// (the child's stack), "pipe2", "open /dev/null", "clone", "attach",
+/// "chdir <dir>", "setsid", "setpgid <pgid>", "prctl(PR_SET_PDEATHSIG)",
+/// "the parent died during the spawn" (ESRCH), "dup <fd>" (moving it above the
+/// target numbers), "dup2 <fd> -> <n>", "fcntl(F_SETFL) <n>", "close_range",
+/// "execve <path>" (ENOENT for a program found nowhere on the
 /// PATH; EACCES when a candidate was not executable; ENOEXEC for a file that
 /// is neither a binary nor a script with `#!`).
 template <detail::executor_or_context Where>
