@@ -28,8 +28,6 @@ public:
       return "message does not decode as the expected type";
     case errc::invalid_argument:
       return "invalid argument";
-    case errc::spawn_failed:
-      return "the program could not be started";
     }
     return "unknown coropipe error " + std::to_string(value);
   }

@@ -32,8 +32,6 @@ enum class errc {
   decode_failed,
   /// An argument that can never be valid (an empty argv, an embedded NUL, ...).
   invalid_argument,
-  /// The program could not be started; the error's message names the step.
-  spawn_failed,
 };
 
 /// The category of coropipe's own errors; its name() is "coropipe".
