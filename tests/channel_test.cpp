@@ -340,6 +340,7 @@ static_assert(coropipe::codable<std::array<std::uint16_t, 5>>);
 static_assert(coropipe::codable<std::vector<point>>);
 static_assert(coropipe::codable<person>);
 static_assert(!coropipe::codable<int*>);
+static_assert(!coropipe::codable<std::vector<bool>>);  // bits, not bytes: no data()
 static_assert(!coropipe::codable<const char*>);
 static_assert(!coropipe::codable<std::vector<int*>>);
 static_assert(!coropipe::codable<std::vector<std::string>>);
@@ -1352,19 +1353,11 @@ TEST_CASE("deferred sends created ahead of time each carry their own value") {
 
 // BUG (include/coropipe/channel.hpp, channel::async_send, lines 199-204 and
 // send_coro, lines 262-270): for use_awaitable and as_tuple(use_awaitable),
-// async_send() encodes the value into the channel's one scratch_ buffer and
-// returns a lazy awaitable that reads scratch_ only when it is first resumed.
-// Any send initiated in between (another awaitable created ahead, the
-// operands of &&, a co_spawn()ed send, a callback send, which steals scratch_
-// with std::exchange) overwrites or empties it: the peer receives the later
-// value twice, or an empty message, and the earlier value is lost. This
-// contradicts "the value is encoded before this returns, so it may change or
-// die at once". The completion-token path (owned_send_op) owns its bytes and is
-// not affected (see the deferred test above).
-TEST_CASE("two use_awaitable sends created before either is awaited each send their own value" *
-          doctest::skip() *
-          doctest::description("skipped: channel.hpp async_send() shares scratch_ between pending awaitables "
-                               "(second value sent twice, first lost)")) {
+// Regression: async_send() once encoded into the channel's one scratch_
+// buffer and returned a lazy awaitable that read scratch_ only when resumed,
+// so a send created in between overwrote it. The bytes now go with each
+// operation.
+TEST_CASE("two use_awaitable sends created before either is awaited each send their own value") {
   asio::io_context io;
   auto cp = make_channel_pipe<std::string>(io);
   SUBCASE("awaited in turn") {
@@ -1420,4 +1413,24 @@ TEST_CASE("two use_awaitable sends created before either is awaited each send th
     CHECK(spawned_done);
     CHECK(callback_done);
   }
+}
+
+TEST_CASE("a bool is decoded only from the bytes 0 and 1") {
+  asio::io_context io;
+  auto cp = make_channel_pipe<std::uint8_t, bool>(io);
+  run(io, [&]() -> awaitable<void> {
+    for (std::uint8_t b : {std::uint8_t{1}, std::uint8_t{2}, std::uint8_t{0}, std::uint8_t{255}})
+      co_await cp.tx.async_send(b, use_awaitable);
+    auto [ec1, v1] = co_await cp.rx.async_receive(as_tuple);
+    CHECK_FALSE(ec1);
+    CHECK(v1 == std::optional<bool>(true));
+    auto [ec2, v2] = co_await cp.rx.async_receive(as_tuple);
+    CHECK(ec2 == errc::decode_failed);
+    CHECK_FALSE(v2.has_value());
+    auto [ec3, v3] = co_await cp.rx.async_receive(as_tuple);
+    CHECK_FALSE(ec3);
+    CHECK(v3 == std::optional<bool>(false));
+    auto [ec4, v4] = co_await cp.rx.async_receive(as_tuple);
+    CHECK(ec4 == errc::decode_failed);
+  }());
 }

@@ -82,20 +82,28 @@ struct codec<std::string> {
   }
 };
 
-/// A trivially copyable type: its `sizeof(T)` bytes.
+/// A trivially copyable type: its `sizeof(T)` bytes. Only the size can be
+/// checked (and, for `bool`, that the byte is 0 or 1): the bytes of a struct
+/// are copied as they came, so a type with invalid bit patterns among its
+/// members (a `bool`, an enum with a closed set of values) deserves a codec
+/// of its own that validates them.
 template <typename T>
 struct codec<T, std::enable_if_t<detail::is_plain_bytes<T>>> {
   static void encode(const T& v, std::vector<std::byte>& out) { detail::append_bytes(out, &v, sizeof(T)); }
   static std::error_code decode(message_view in, T& out) {
     if (in.size() != sizeof(T)) return errc::decode_failed;
+    if constexpr (std::is_same_v<std::remove_cv_t<T>, bool>) {
+      if (std::to_integer<unsigned>(in[0]) > 1) return errc::decode_failed;
+    }
     std::memcpy(&out, in.data(), sizeof(T));
     return {};
   }
 };
 
 /// A vector of a trivially copyable type (bytes included): its elements' bytes.
+/// (Not `std::vector<bool>`, which stores bits: send a vector of bytes.)
 template <typename T, typename Allocator>
-struct codec<std::vector<T, Allocator>, std::enable_if_t<detail::is_plain_bytes<T>>> {
+struct codec<std::vector<T, Allocator>, std::enable_if_t<detail::is_plain_bytes<T> && !std::is_same_v<T, bool>>> {
   static void encode(const std::vector<T, Allocator>& v, std::vector<std::byte>& out) {
     detail::append_bytes(out, v.data(), v.size() * sizeof(T));
   }
@@ -198,10 +206,12 @@ public:
   auto async_send(const Send& value, SendToken&& token = asio::default_completion_token_t<executor_type>()) {
     scratch_.clear();
     codec<Send>::encode(value, scratch_);
+    // The encoded bytes go with the operation (several sends may be created
+    // before any runs); their memory comes back to scratch_ afterwards.
     if constexpr (detail::is_use_awaitable<SendToken>) {
-      return send_coro<true>();
+      return send_coro<true>(std::exchange(scratch_, {}));
     } else if constexpr (detail::is_as_tuple_use_awaitable<SendToken>) {
-      return send_coro<false>();
+      return send_coro<false>(std::exchange(scratch_, {}));
     } else {
       return asio::async_compose<SendToken, void(std::error_code)>(
           detail::owned_send_op<Stream>{fs_, std::exchange(scratch_, {})}, token, fs_.next_layer());
@@ -257,17 +267,15 @@ public:
   }
 
 private:
-  // The coroutine paths, one frame each: queue at once when possible;
-  // otherwise the bytes move into the coroutine (and their memory comes
-  // back afterwards).
+  // The coroutine paths, one frame each: queue at once when possible,
+  // otherwise wait; then the bytes' memory goes back to scratch_ for the
+  // next send (steady state: no allocation).
   template <bool Throw>
-  asio::awaitable<detail::send_result<Throw>> send_coro() {
+  asio::awaitable<detail::send_result<Throw>> send_coro(std::vector<std::byte> bytes) {
     std::error_code ec;
-    if (detail::should_yield() || !fs_.try_send(asio::buffer(scratch_))) {
-      std::vector<std::byte> bytes = std::exchange(scratch_, {});
+    if (detail::should_yield() || !fs_.try_send(asio::buffer(bytes)))
       std::tie(ec) = co_await fs_.async_send(asio::buffer(bytes), asio::experimental::as_tuple(asio::use_awaitable));
-      if (scratch_.capacity() < bytes.capacity()) scratch_ = std::move(bytes);
-    }
+    if (scratch_.capacity() < bytes.capacity()) scratch_ = std::move(bytes);
     if constexpr (Throw) {
       if (ec) throw std::system_error(ec, "coropipe::channel::async_send");
     } else {
