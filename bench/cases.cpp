@@ -10,6 +10,7 @@
 
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -398,5 +399,135 @@ big_parent::big_parent(std::size_t bytes) : size_(bytes) {
 }
 
 big_parent::~big_parent() { ::munmap(mem_, size_); }
+
+// --- floors: what any readiness-based event loop pays ------------------------
+//
+// Hand-written, without Asio or coroutines: non-blocking descriptors, try the
+// system call first, epoll_wait(2) only on EAGAIN. No event loop built on
+// readiness (Asio's reactor, and so coropipe) can make fewer system calls.
+
+namespace {
+
+// Waits until @p fd is ready for @p events, through epoll instance @p ep.
+void epoll_ready(int ep, int fd, std::uint32_t events) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  if (::epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev) != 0) fail("epoll_ctl");
+  while (::epoll_wait(ep, &ev, 1, -1) < 0)
+    if (errno != EINTR) fail("epoll_wait");
+}
+
+int epoll_for(int fd) {
+  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0) fail("epoll_create1");
+  epoll_event ev{};
+  ev.events = 0;
+  ev.data.fd = fd;
+  if (::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) fail("epoll_ctl");
+  if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) fail("fcntl");
+  return ep;
+}
+
+void nb_write_all(int ep, int fd, const char* data, std::size_t size) {
+  while (size > 0) {
+    const ssize_t n = ::write(fd, data, size);
+    if (n < 0) {
+      if (errno == EAGAIN) {
+        epoll_ready(ep, fd, EPOLLOUT);
+        continue;
+      }
+      if (errno == EINTR) continue;
+      fail("write");
+    }
+    data += n;
+    size -= static_cast<std::size_t>(n);
+  }
+}
+
+std::size_t nb_read_some(int ep, int fd, char* data, std::size_t size) {
+  for (;;) {
+    const ssize_t n = ::read(fd, data, size);
+    if (n > 0) return static_cast<std::size_t>(n);
+    if (n == 0) throw std::runtime_error("unexpected end of stream");
+    if (errno == EAGAIN) epoll_ready(ep, fd, EPOLLIN);
+    else if (errno != EINTR) fail("read");
+  }
+}
+
+void nb_read_exact(int ep, int fd, char* data, std::size_t size) {
+  while (size > 0) {
+    const std::size_t n = nb_read_some(ep, fd, data, size);
+    data += n;
+    size -= n;
+  }
+}
+
+} // namespace
+
+double floor_throughput(std::size_t chunk, std::size_t total) {
+  int data[2], go[2];
+  if (::pipe2(data, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) fail("pipe2");
+  const pid_t pid = ::fork();
+  if (pid < 0) fail("fork");
+  if (pid == 0) {
+    ::close(data[0]);
+    ::close(go[1]);
+    const int ep = epoll_for(data[1]);
+    std::vector<char> buf(chunk, 'x');
+    char b;
+    read_exact(go[0], &b, 1);
+    for (std::size_t sent = 0; sent < total; sent += chunk)
+      nb_write_all(ep, data[1], buf.data(), std::min(chunk, total - sent));
+    ::_exit(0);
+  }
+  ::close(data[1]);
+  ::close(go[0]);
+  const int ep = epoll_for(data[0]);
+  std::vector<char> buf(chunk);
+  const auto t0 = clock::now();
+  write_all(go[1], "g", 1);
+  std::size_t got = 0;
+  while (got < total) got += nb_read_some(ep, data[0], buf.data(), chunk);
+  const double secs = seconds_since(t0);
+  reap(pid);
+  ::close(ep);
+  ::close(data[0]);
+  ::close(go[1]);
+  return static_cast<double>(total) / secs / 1e6;
+}
+
+double floor_ping_pong(int rounds) {
+  int ping[2], pong[2];
+  if (::pipe2(ping, O_CLOEXEC) != 0 || ::pipe2(pong, O_CLOEXEC) != 0) fail("pipe2");
+  const pid_t pid = ::fork();
+  if (pid < 0) fail("fork");
+  if (pid == 0) {
+    ::close(ping[1]);
+    ::close(pong[0]);
+    const int ep = epoll_for(ping[0]);
+    const int ep_out = epoll_for(pong[1]);
+    char msg[16];
+    for (int i = 0; i < rounds; ++i) {
+      nb_read_exact(ep, ping[0], msg, sizeof msg);
+      nb_write_all(ep_out, pong[1], msg, sizeof msg);
+    }
+    ::_exit(0);
+  }
+  ::close(ping[0]);
+  ::close(pong[1]);
+  const int ep = epoll_for(pong[0]);
+  const int ep_out = epoll_for(ping[1]);
+  char msg[16] = "ping-pong-16-b!";
+  const auto t0 = clock::now();
+  for (int i = 0; i < rounds; ++i) {
+    nb_write_all(ep_out, ping[1], msg, sizeof msg);
+    nb_read_exact(ep, pong[0], msg, sizeof msg);
+  }
+  const double secs = seconds_since(t0);
+  reap(pid);
+  for (int fd : {ep, ep_out, ping[1], pong[0]}) ::close(fd);
+  return secs / rounds * 1e6;
+}
 
 } // namespace bench

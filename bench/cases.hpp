@@ -16,6 +16,9 @@ double raw_forks(int count);
 double coropipe_forks(int count);
 double floor_forks(int count);
 double raw_spawns(int count);
+// Floors: hand-written non-blocking I/O with epoll, no Asio (see cases.cpp).
+double floor_throughput(std::size_t chunk, std::size_t total);
+double floor_ping_pong(int rounds);
 double coropipe_spawns(int count);
 
 // A parent with a large resident set: @p bytes of anonymous memory, every

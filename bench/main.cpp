@@ -40,6 +40,16 @@ std::vector<case_spec> all_cases(const settings& s) {
                      [=] { return coropipe_throughput(t.chunk, total, 0); },
                      [=] { return raw_throughput(t.chunk, total, 0); }, ""});
   }
+  // The floor under any readiness-based event loop, for the small chunks.
+  for (std::size_t chunk : {std::size_t{64}, std::size_t{4096}}) {
+    const std::size_t total = (chunk == 64 ? std::size_t{2} << 20 : std::size_t{32} << 20) * scale;
+    cases.push_back({"throughput " + kib(chunk) + " chunks: floor, epoll without Asio",
+                     "{\"chunk\": " + std::to_string(chunk) + ", \"bytes\": " + std::to_string(total) +
+                         ", \"pipe_capacity\": \"default\"}",
+                     "MB/s", better::higher, std::nullopt, [=] { return floor_throughput(chunk, total); },
+                     [=] { return raw_throughput(chunk, total, 0); },
+                     "reference: hand-written non-blocking read/write, epoll_wait only on EAGAIN"});
+  }
   // 2. coropipe at its recommended capacity, raw at the default.
   for (std::size_t chunk : {std::size_t{65536}, std::size_t{1} << 20}) {
     const std::size_t total = (std::size_t{128} << 20) * scale;
@@ -56,6 +66,10 @@ std::vector<case_spec> all_cases(const settings& s) {
   cases.push_back({"ping-pong 16 B round trip", "{\"bytes\": 16, \"rounds\": " + std::to_string(rounds) + "}",
                    "us/round trip", better::lower, 1 / 1.1, [=] { return coropipe_ping_pong(rounds); },
                    [=] { return raw_ping_pong(rounds); }, ""});
+  cases.push_back({"ping-pong: floor, epoll without Asio", "{\"bytes\": 16, \"rounds\": " + std::to_string(rounds) + "}",
+                   "us/round trip", better::lower, std::nullopt, [=] { return floor_ping_pong(rounds); },
+                   [=] { return raw_ping_pong(rounds); },
+                   "reference: hand-written non-blocking write, read, epoll_wait on EAGAIN, read"});
   // 4. Framed messages against one write per message.
   const int messages = s.quick ? 200000 : 1000000;
   cases.push_back({"messages 16 B, one sender", "{\"payload\": 16, \"messages\": " + std::to_string(messages) + "}",
