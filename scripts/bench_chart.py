@@ -4,9 +4,11 @@ standard library (no network, no plotting package).
 
     scripts/bench_chart.py results.json OUTDIR
 
-writes OUTDIR/throughput.svg (MB/s against chunk size, coropipe and raw, at
-the default pipe capacity and at coropipe's recommended 1 MiB) and
-OUTDIR/ratios.svg (every case's ratio against its target).
+writes OUTDIR/throughput.svg (MB/s against chunk size: coropipe and raw at
+the default pipe capacity, coropipe at its recommended 1 MiB, and the
+hand-written epoll floor), OUTDIR/messages.svg (framed messages per second
+against one write per message) and OUTDIR/ratios.svg (every case's ratio
+against its target).
 """
 import json
 import math
@@ -14,7 +16,8 @@ import pathlib
 import sys
 
 W, H, PAD = 720, 420, 70
-COLOURS = {"coropipe": "#1f77b4", "baseline": "#d62728", "coropipe, 1 MiB pipe": "#2ca02c"}
+COLOURS = {"coropipe": "#1f77b4", "baseline": "#d62728", "coropipe, 1 MiB pipe": "#2ca02c",
+           "floor: epoll without Asio": "#999999"}
 
 
 def svg(width, height, body):
@@ -29,13 +32,15 @@ def text(x, y, s, anchor="middle", size=12, weight="normal"):
 
 
 def throughput_chart(cases):
-    series = {"coropipe": {}, "baseline": {}, "coropipe, 1 MiB pipe": {}}
+    series = {"coropipe": {}, "baseline": {}, "coropipe, 1 MiB pipe": {}, "floor: epoll without Asio": {}}
     for c in cases:
         if not c["name"].startswith("throughput"):
             continue
         chunk = c["params"]["chunk"]
         cap = c["params"]["pipe_capacity"]
-        if cap == "default":
+        if "floor" in c["name"]:
+            series["floor: epoll without Asio"][chunk] = c["coropipe"]
+        elif cap == "default":
             series["coropipe"][chunk] = c["coropipe"]
             series["baseline"][chunk] = c["baseline"]
         else:
@@ -74,6 +79,25 @@ def throughput_chart(cases):
     return svg(W, H, body)
 
 
+def messages_chart(cases):
+    rows = [c for c in cases if c["name"].startswith("messages") and c.get("baseline")]
+    if not rows:
+        return None
+    c = rows[0]
+    bars = [("coropipe framed_stream", c["coropipe"], COLOURS["coropipe"]),
+            ("raw, one write(2) per message", c["baseline"], COLOURS["baseline"])]
+    top = max(v for _, v, _ in bars) * 1.15
+    left, width = 260, W - 260 - 60
+    body = [text(W / 2, 24, f'16-byte messages per second, one sender (higher is better; ratio {c["ratio"]:.2f}x, '
+                 f'target {c["target"]:g}x)', size=14, weight="bold")]
+    for i, (name, v, colour) in enumerate(bars):
+        y = PAD + 50 * i
+        body.append(text(left - 10, y + 20, name, anchor="end"))
+        body.append(f'<rect x="{left}" y="{y}" width="{v / top * width:.1f}" height="30" fill="{colour}"/>')
+        body.append(text(left + v / top * width + 6, y + 20, f"{v / 1e6:.2f} M/s", anchor="start"))
+    return svg(W, PAD + 50 * len(bars) + 20, body)
+
+
 def ratio_chart(cases):
     rows = [c for c in cases if c.get("ratio") is not None]
     if not rows:
@@ -105,7 +129,9 @@ def main():
     data = json.loads(pathlib.Path(sys.argv[1]).read_text())
     out = pathlib.Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
-    for name, chart in (("throughput.svg", throughput_chart(data["cases"])), ("ratios.svg", ratio_chart(data["cases"]))):
+    for name, chart in (("throughput.svg", throughput_chart(data["cases"])),
+                        ("messages.svg", messages_chart(data["cases"])),
+                        ("ratios.svg", ratio_chart(data["cases"]))):
         if chart is None:
             sys.exit(f"bench_chart.py: no data for {name}")
         (out / name).write_text(chart)
