@@ -5,6 +5,8 @@
 #include <coropipe/coropipe.hpp>
 
 #include <asio/co_spawn.hpp>
+#include <asio/read.hpp>
+#include <asio/write.hpp>
 #include <asio/io_context.hpp>
 #include <asio/use_awaitable.hpp>
 
@@ -528,6 +530,74 @@ double floor_ping_pong(int rounds) {
   reap(pid);
   for (int fd : {ep, ep_out, ping[1], pong[0]}) ::close(fd);
   return secs / rounds * 1e6;
+}
+
+// --- what the optimisations bought ------------------------------------------
+
+// Case 1 written with Asio's own operations (asio::async_write and
+// stream_descriptor::async_read_some): every operation goes through the
+// reactor, even one that could complete at once.
+double plain_asio_throughput(std::size_t chunk, std::size_t total) {
+  asio::io_context io(1);
+  auto [in, out] = coropipe::pipe();
+  auto [go_in, go_out] = coropipe::pipe();
+  auto kid = coropipe::fork_child(
+      io,
+      [](child_context& ctx, unique_fd w, unique_fd g, std::size_t size, std::size_t all) -> awaitable<int> {
+        auto pipe_out = ctx.attach(std::move(w));
+        auto gate = ctx.attach(std::move(g));
+        std::vector<char> buf(size, 'x');
+        char b;
+        co_await asio::async_read(gate, asio::buffer(&b, 1), use_awaitable);
+        for (std::size_t sent = 0; sent < all; sent += size)
+          co_await asio::async_write(pipe_out, asio::buffer(buf.data(), std::min(size, all - sent)), use_awaitable);
+        co_return 0;
+      },
+      std::move(out), std::move(go_in), chunk, total);
+  auto reader = coropipe::attach(io, std::move(in));
+  auto gate = coropipe::attach(io, std::move(go_out));
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    std::vector<char> buf(chunk);
+    const auto t0 = clock::now();
+    co_await asio::async_write(gate, asio::buffer("g", 1), use_awaitable);
+    std::size_t got = 0;
+    while (got < total) got += co_await reader.async_read_some(asio::buffer(buf), use_awaitable);
+    const double secs = seconds_since(t0);
+    if (!(co_await kid.async_wait(use_awaitable)).success()) throw std::runtime_error("child failed");
+    co_return static_cast<double>(total) / secs / 1e6;
+  }());
+}
+
+// Case 4 without batching: each frame written by its own
+// coropipe::async_write (header and payload in one gather write).
+double unbatched_messages(int count) {
+  asio::io_context io(1);
+  auto [in, out] = coropipe::pipe();
+  auto [go_in, go_out] = coropipe::pipe();
+  auto kid = coropipe::fork_child(
+      io,
+      [](child_context& ctx, unique_fd w, unique_fd g, int n) -> awaitable<int> {
+        auto pipe_out = ctx.attach(std::move(w));
+        auto gate = ctx.attach(std::move(g));
+        char b;
+        co_await read_exact(gate, &b, 1);
+        static constexpr char frame[20] = {0, 0, 0, 16, 'p', 'a', 'y', 'l', 'o', 'a', 'd', '-', 's', 'i', 'x', 't', 'e', 'e', 'n', '!'};
+        for (int i = 0; i < n; ++i) co_await coropipe::async_write(pipe_out, asio::buffer(frame), use_awaitable);
+        co_return 0;
+      },
+      std::move(out), std::move(go_in), count);
+  coropipe::framed_stream<> rx(coropipe::attach(io, std::move(in)));
+  auto gate = coropipe::attach(io, std::move(go_out));
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    const auto t0 = clock::now();
+    co_await coropipe::async_write(gate, asio::buffer("g", 1), use_awaitable);
+    int got = 0;
+    while (auto msg = co_await rx.async_receive(use_awaitable)) ++got;
+    const double secs = seconds_since(t0);
+    if (got != count) throw std::runtime_error("messages lost");
+    if (!(co_await kid.async_wait(use_awaitable)).success()) throw std::runtime_error("child failed");
+    co_return got / secs;
+  }());
 }
 
 } // namespace bench

@@ -19,6 +19,9 @@ double raw_spawns(int count);
 // Floors: hand-written non-blocking I/O with epoll, no Asio (see cases.cpp).
 double floor_throughput(std::size_t chunk, std::size_t total);
 double floor_ping_pong(int rounds);
+// What the optimisations bought: the same cases without them.
+double plain_asio_throughput(std::size_t chunk, std::size_t total);
+double unbatched_messages(int count);
 double coropipe_spawns(int count);
 
 // A parent with a large resident set: @p bytes of anonymous memory, every

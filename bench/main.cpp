@@ -50,6 +50,16 @@ std::vector<case_spec> all_cases(const settings& s) {
                      [=] { return raw_throughput(chunk, total, 0); },
                      "reference: hand-written non-blocking read/write, epoll_wait only on EAGAIN"});
   }
+  // Without try-first I/O: Asio's own operations.
+  for (std::size_t chunk : {std::size_t{64}, std::size_t{4096}}) {
+    const std::size_t total = (chunk == 64 ? std::size_t{2} << 20 : std::size_t{32} << 20) * scale;
+    cases.push_back({"throughput " + kib(chunk) + " chunks: plain Asio operations",
+                     "{\"chunk\": " + std::to_string(chunk) + ", \"bytes\": " + std::to_string(total) +
+                         ", \"pipe_capacity\": \"default\"}",
+                     "MB/s", better::higher, std::nullopt, [=] { return plain_asio_throughput(chunk, total); },
+                     [=] { return raw_throughput(chunk, total, 0); },
+                     "reference: asio::async_write / async_read_some, without coropipe's try-first I/O"});
+  }
   // 2. coropipe at its recommended capacity, raw at the default.
   for (std::size_t chunk : {std::size_t{65536}, std::size_t{1} << 20}) {
     const std::size_t total = (std::size_t{128} << 20) * scale;
@@ -91,6 +101,10 @@ std::vector<case_spec> all_cases(const settings& s) {
                    },
                    [=] { return coropipe_spawns(spawns); },
                    "baseline: coropipe's own rate in a small parent (the same run)"});
+  cases.push_back({"messages 16 B: without batching", "{\"payload\": 16, \"messages\": " + std::to_string(messages / 4) + "}",
+                   "msg/s", better::higher, std::nullopt, [=] { return unbatched_messages(messages / 4); },
+                   [=] { return raw_messages(messages / 4); },
+                   "reference: one coropipe::async_write per frame, received by a framed_stream"});
   // 6. Forked children, one after another.
   const int forks = s.quick ? 200 : 1000;
   cases.push_back({"fork + wait", "{\"children\": " + std::to_string(forks) + "}", "children/s", better::higher, 0.9,

@@ -40,6 +40,8 @@ def throughput_chart(cases):
         cap = c["params"]["pipe_capacity"]
         if "floor" in c["name"]:
             series["floor: epoll without Asio"][chunk] = c["coropipe"]
+        elif ":" in c["name"]:
+            continue  # other reference rows (e.g. plain Asio operations)
         elif cap == "default":
             series["coropipe"][chunk] = c["coropipe"]
             series["baseline"][chunk] = c["baseline"]
@@ -80,7 +82,7 @@ def throughput_chart(cases):
 
 
 def messages_chart(cases):
-    rows = [c for c in cases if c["name"].startswith("messages") and c.get("baseline")]
+    rows = [c for c in cases if c["name"].startswith("messages") and ":" not in c["name"] and c.get("baseline")]
     if not rows:
         return None
     c = rows[0]
