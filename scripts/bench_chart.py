@@ -7,8 +7,8 @@ standard library (no network, no plotting package).
 writes OUTDIR/throughput.svg (MB/s against chunk size: coropipe and raw at
 the default pipe capacity, coropipe at its recommended 1 MiB, and the
 hand-written epoll floor), OUTDIR/messages.svg (framed messages per second
-against one write per message) and OUTDIR/ratios.svg (every case's ratio
-against its target).
+against one write per message), OUTDIR/ratios.svg (every case's ratio
+against its target) and OUTDIR/table.md (the results as a Markdown table).
 """
 import json
 import math
@@ -125,6 +125,33 @@ def ratio_chart(cases):
     return svg(W + 200, height, body)
 
 
+def fmt(v):
+    if v is None:
+        return "-"
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:.2f} M"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def markdown_table(data):
+    m = data.get("machine", {})
+    lines = [f'Machine: {m.get("cpu", "?")}, {m.get("cores", "?")} cores, {m.get("kernel", "?")}, '
+             f'compiler {m.get("compiler", "?")}.', "",
+             "| case | unit | coropipe | baseline | ratio | target | met |",
+             "|---|---|---:|---:|---:|---:|:---:|"]
+    for c in data["cases"]:
+        met = {True: "yes", False: "**no**"}.get(c.get("met"), "-")
+        ratio = "-" if c.get("ratio") is None else f'{c["ratio"]:.2f}'
+        target = "-" if c.get("target") is None else f'{c["target"]:.2f}'
+        lines.append(f'| {c["name"]} | {c["unit"]} | {fmt(c["coropipe"])} | {fmt(c.get("baseline"))} | {ratio} '
+                     f'| {target} | {met} |')
+    return "\n".join(lines) + "\n"
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
@@ -138,6 +165,8 @@ def main():
             sys.exit(f"bench_chart.py: no data for {name}")
         (out / name).write_text(chart)
         print(f"wrote {out / name}")
+    (out / "table.md").write_text(markdown_table(data))
+    print(f"wrote {out / 'table.md'}")
 
 
 if __name__ == "__main__":
