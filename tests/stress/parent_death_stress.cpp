@@ -182,7 +182,9 @@ TEST_CASE("SIGKILL to a middle process: its forked children and spawned programs
     for (pid_t p : left) still += std::to_string(p) + " (state " + std::string(1, coropipe_test::process_state(p)) + ") ";
     CHECK_MESSAGE(left.empty(), "still there 1 s after the middle process died: " << still);
     for (const auto& n : not_ours) CHECK_MESSAGE(false, "not re-parented to the test: " << n);
-    for (const auto& [pid, st] : statuses) {
+    for (const auto& entry : statuses) {
+      const pid_t pid = entry.first;
+      const int st = entry.second;
       CAPTURE(pid);
       CAPTURE(coropipe::exit_status::from_wait_status(st).to_string());
       CHECK(WIFSIGNALED(st));

@@ -148,12 +148,12 @@ asio::awaitable<void> check_messages(coropipe::framed_stream<Stream>& fs, std::u
     if (msg->size() != expected.size() || std::memcmp(msg->data(), expected.data(), expected.size()) != 0) {
       std::uint64_t seq = 0;
       if (msg->size() >= 8) std::memcpy(&seq, msg->data(), 8);
-      const bool sum_ok = msg->size() >= message_overhead &&
-                          [&] {
-                            std::uint64_t sum = 0;
-                            std::memcpy(&sum, msg->data() + msg->size() - 8, 8);
-                            return sum == fnv1a(reinterpret_cast<const unsigned char*>(msg->data()), msg->size() - 8);
-                          }();
+      bool sum_ok = false;
+      if (msg->size() >= message_overhead) {
+        std::uint64_t sum = 0;
+        std::memcpy(&sum, msg->data() + msg->size() - 8, 8);
+        sum_ok = sum == fnv1a(reinterpret_cast<const unsigned char*>(msg->data()), msg->size() - 8);
+      }
       seen.bad = "message " + std::to_string(seen.messages) + ": got seq " + std::to_string(seq) + ", " +
                  std::to_string(msg->size()) + " bytes (expected " + std::to_string(expected.size()) +
                  "), checksum " + (sum_ok ? "consistent" : "wrong");
