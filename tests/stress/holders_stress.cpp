@@ -16,6 +16,7 @@
 #include "support.hpp"
 
 #include "stress.hpp"
+#include "stress_streams.hpp"
 
 #include <asio/experimental/awaitable_operators.hpp>
 #include <asio/io_context.hpp>

@@ -15,6 +15,7 @@
 #include "support.hpp"
 
 #include "stress.hpp"
+#include "stress_streams.hpp"
 
 #include <asio/detached.hpp>
 #include <asio/io_context.hpp>

@@ -1,6 +1,8 @@
-// The streaming halves shared by the "many children" and "random kills"
-// scenarios: what a forked child writes (raw bytes or framed messages) and
-// how the parent checks it, incrementally, without holding a stream in memory.
+// Shared by the "many children", "random kills", "parent death" and "holders"
+// scenarios: seeds, a reproducible byte stream, deadlines for awaitables, and
+// the streaming halves: what a forked child writes (raw bytes or framed
+// messages) and how the parent checks it, incrementally, without holding a
+// stream in memory.
 #pragma once
 
 #include "stress.hpp"
@@ -11,17 +13,114 @@
 #include <coropipe/framed_stream.hpp>
 #include <coropipe/io.hpp>
 
+#include <asio/awaitable.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
 #include <asio/posix/stream_descriptor.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <random>
+#include <stdexcept>
 #include <string>
 #include <system_error>
+#include <utility>
+#include <variant>
 #include <vector>
 
 namespace coropipe_stress {
+
+/// The seed of a randomised scenario: COROPIPE_STRESS_SEED if set (to replay
+/// a run), otherwise a fresh one. Scenarios print it.
+inline std::uint64_t seed() {
+  if (const char* v = std::getenv("COROPIPE_STRESS_SEED")) return std::strtoull(v, nullptr, 0);
+  std::random_device rd;
+  return (std::uint64_t{rd()} << 32) ^ rd();
+}
+
+/// splitmix64: one 64-bit step.
+inline std::uint64_t splitmix64(std::uint64_t& state) noexcept {
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+/// A reproducible stream of pseudo-random bytes: the writer and the checker
+/// each run one with the same seed, so no stream is ever held in memory.
+class byte_stream {
+public:
+  explicit byte_stream(std::uint64_t seed) noexcept : state_(seed) {}
+
+  /// The next @p n bytes of the stream.
+  void fill(unsigned char* p, std::size_t n) noexcept {
+    while (n > 0 && left_ > 0) take_one(p, n);
+    while (n >= 8) {
+      const std::uint64_t w = splitmix64(state_);
+      std::memcpy(p, &w, 8);
+      p += 8;
+      n -= 8;
+    }
+    while (n > 0) {
+      if (left_ == 0) {
+        word_ = splitmix64(state_);
+        left_ = 8;
+      }
+      take_one(p, n);
+    }
+  }
+
+private:
+  void take_one(unsigned char*& p, std::size_t& n) noexcept {
+    *p++ = static_cast<unsigned char>(word_ & 0xff);
+    word_ >>= 8;
+    --left_;
+    --n;
+  }
+
+  std::uint64_t state_;
+  std::uint64_t word_ = 0;
+  int left_ = 0;
+};
+
+/// FNV-1a, 64 bits: the per-message checksum.
+inline std::uint64_t checksum64(const unsigned char* p, std::size_t n, std::uint64_t h = 0xcbf29ce484222325ULL) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+/// Thrown when an operation misses its deadline: a hang becomes a failure.
+struct deadline_missed : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// Runs @p op, cancelling it and throwing deadline_missed if it has not
+/// completed after @p limit.
+template <typename T>
+asio::awaitable<T> within(std::chrono::steady_clock::duration limit, asio::awaitable<T> op, std::string what) {
+  using namespace asio::experimental::awaitable_operators;
+  asio::steady_timer timer(co_await asio::this_coro::executor, limit);
+  auto r = co_await (std::move(op) || timer.async_wait(asio::use_awaitable));
+  if (r.index() != 0) throw deadline_missed("deadline missed: " + what);
+  if constexpr (std::is_void_v<T>) {
+    co_return;
+  } else {
+    co_return std::get<0>(std::move(r));
+  }
+}
+
+inline constexpr auto as_tuple = asio::experimental::as_tuple(asio::use_awaitable);
+
 
 inline constexpr std::size_t chunk_size = std::size_t{64} << 10;
 
@@ -84,7 +183,7 @@ inline asio::awaitable<void> check_bytes(asio::posix::stream_descriptor& in, std
 // --- Framed messages ---------------------------------------------------------
 //
 // Message seq of a child: [u64 seq][u32 child][u32 body length][body][u64
-// fnv1a of all before]; the body is the next bytes of the child's
+// checksum64 of all before]; the body is the next bytes of the child's
 // byte_stream, its length (seq * 37 + child) % 61.
 
 inline std::size_t body_length(std::uint64_t seq, std::uint32_t child) noexcept {
@@ -101,7 +200,7 @@ inline void make_message(std::vector<unsigned char>& out, byte_stream& gen, std:
   std::memcpy(out.data() + 8, &child, 4);
   std::memcpy(out.data() + 12, &len, 4);
   gen.fill(out.data() + 16, len);
-  const std::uint64_t sum = fnv1a(out.data(), 16 + len);
+  const std::uint64_t sum = checksum64(out.data(), 16 + len);
   std::memcpy(out.data() + 16 + len, &sum, 8);
 }
 
@@ -152,7 +251,7 @@ asio::awaitable<void> check_messages(coropipe::framed_stream<Stream>& fs, std::u
       if (msg->size() >= message_overhead) {
         std::uint64_t sum = 0;
         std::memcpy(&sum, msg->data() + msg->size() - 8, 8);
-        sum_ok = sum == fnv1a(reinterpret_cast<const unsigned char*>(msg->data()), msg->size() - 8);
+        sum_ok = sum == checksum64(reinterpret_cast<const unsigned char*>(msg->data()), msg->size() - 8);
       }
       seen.bad = "message " + std::to_string(seen.messages) + ": got seq " + std::to_string(seq) + ", " +
                  std::to_string(msg->size()) + " bytes (expected " + std::to_string(expected.size()) +
