@@ -11,6 +11,7 @@
 #include <coropipe/framed_stream.hpp>
 #include <coropipe/io.hpp>
 #include <coropipe/pipe.hpp>
+#include <coropipe/spawn.hpp>
 
 #include <doctest/doctest.h>
 
@@ -226,6 +227,100 @@ TEST_CASE("random SIGKILLs among forked children sending framed messages: exactl
                                << " landed mid-stream, " << truncated << " of them inside a frame; " << raced
                                << " after the child finished), " << total << " messages checked in "
                                << seconds_since(t0) << " s");
+  }
+  CHECK(coropipe_test::open_fds() == fds_before);
+  CHECK_FALSE(coropipe_test::has_children());
+}
+
+TEST_CASE("random SIGKILLs among spawned cats being written to and read from: the parent's writes fail cleanly") {
+  const std::size_t cats = size<std::size_t>(16, 100);
+  const std::size_t bytes = size<std::size_t>(std::size_t{4} << 20, std::size_t{16} << 20);
+  const auto max_delay = size<std::chrono::microseconds>(100ms, 3s);
+  const std::uint64_t run_seed = coropipe_stress::seed();
+  MESSAGE("seed " << run_seed << " (COROPIPE_STRESS_SEED to replay)");
+  INFO("seed " << run_seed);
+  const kill_plan plan = plan_kills(run_seed, cats, max_delay);
+  const auto fds_before = coropipe_test::open_fds();
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    asio::io_context io;
+    std::vector<coropipe::process> procs;
+    for (std::size_t i = 0; i < cats; ++i) {
+      procs.push_back(coropipe::spawn(
+          io, {.argv = {"cat"}, .in = coropipe::stdio::pipe(), .out = coropipe::stdio::pipe()}));
+    }
+    std::vector<std::size_t> written(cats, 0);
+    std::vector<std::error_code> write_ec(cats);
+    std::vector<coropipe_stress::bytes_seen> seen(cats);
+    std::vector<exit_status> status(cats, exit_status::exited(255));
+    std::vector<std::error_code> kill_ec(cats);
+    std::vector<awaitable<void>> work;
+    for (std::size_t i = 0; i < cats; ++i) {
+      const std::uint64_t seed = coropipe_stress::child_seed(run_seed, i);
+      work.push_back(within(
+          size(60s, 600s),
+          [](coropipe::process& p, std::uint64_t s, std::size_t total, std::size_t& done,
+             std::error_code& ec) -> awaitable<void> {
+            coropipe_stress::byte_stream gen(s);
+            std::vector<unsigned char> buf(coropipe_stress::chunk_size);
+            while (done < total) {
+              const std::size_t n = std::min(buf.size(), total - done);
+              gen.fill(buf.data(), n);
+              auto [wec, w] = co_await coropipe::async_write(p.stdin_pipe(), asio::buffer(buf.data(), n),
+                                                             coropipe_stress::as_tuple);
+              done += w;
+              if (wec) {
+                ec = wec;
+                break;
+              }
+            }
+            p.stdin_pipe().close();
+          }(procs[i], seed, bytes, written[i], write_ec[i]),
+          "writing to cat " + std::to_string(i)));
+      work.push_back(within(
+          size(60s, 600s),
+          [](coropipe::process& p, std::uint64_t s, coropipe_stress::bytes_seen& sn,
+             exit_status& st) -> awaitable<void> {
+            co_await coropipe_stress::check_bytes(p.stdout_pipe(), s, sn);
+            st = co_await p.async_wait(use_awaitable);
+          }(procs[i], seed, seen[i], status[i]),
+          "reading from cat " + std::to_string(i)));
+      if (plan.doomed[i]) work.push_back(within(size(60s, 600s), kill_later(procs[i], plan.delay[i], kill_ec[i]), "kill"));
+    }
+    coropipe_test::run_all(io, std::move(work), size(90s, 900s));
+    std::size_t landed = 0, raced = 0, broken = 0, total = 0;
+    for (std::size_t i = 0; i < cats; ++i) {
+      CAPTURE(i);
+      CAPTURE(plan.doomed[i]);
+      CAPTURE(status[i].to_string());
+      CAPTURE(write_ec[i].message());
+      CHECK_FALSE(kill_ec[i]);
+      CHECK_FALSE(seen[i].mismatch_at.has_value());
+      CHECK_FALSE(seen[i].error);
+      CHECK(seen[i].eof);
+      CHECK(seen[i].bytes <= written[i]);
+      total += seen[i].bytes;
+      if (plan.doomed[i] && status[i] == exit_status::killed(SIGKILL)) {
+        ++landed;
+        // The writes stop with broken_pipe once cat is gone (never SIGPIPE),
+        // unless they were all done before.
+        CHECK((!write_ec[i] || write_ec[i] == asio::error::broken_pipe));
+        CHECK((write_ec[i] || written[i] == bytes));
+        if (write_ec[i]) ++broken;
+      } else {
+        if (plan.doomed[i]) ++raced;
+        CHECK(status[i] == exit_status::exited(0));
+        CHECK_FALSE(write_ec[i]);
+        CHECK(written[i] == bytes);
+        CHECK(seen[i].bytes == bytes);
+      }
+    }
+    CHECK(landed + raced == plan.count);
+    MESSAGE("kills/cats: " << cats << " spawned cats x " << bytes << " bytes, " << plan.count << " SIGKILLs within "
+                           << max_delay.count() / 1000 << " ms (" << landed << " landed mid-stream, " << broken
+                           << " of them failing the parent's write with broken_pipe; " << raced
+                           << " after cat finished), " << total << " bytes read back and checked in "
+                           << seconds_since(t0) << " s");
   }
   CHECK(coropipe_test::open_fds() == fds_before);
   CHECK_FALSE(coropipe_test::has_children());
