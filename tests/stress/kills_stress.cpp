@@ -83,8 +83,8 @@ awaitable<void> kill_later(coropipe::child& c, std::chrono::microseconds delay, 
 
 TEST_CASE("random SIGKILLs among forked children streaming bytes: exactly the killed streams end early, cleanly") {
   const std::size_t children = size<std::size_t>(24, 200);
-  const std::size_t bytes = size<std::size_t>(std::size_t{4} << 20, std::size_t{16} << 20);
-  const auto max_delay = size<std::chrono::microseconds>(100ms, 3s);
+  const std::size_t bytes = size<std::size_t>(std::size_t{8} << 20, std::size_t{16} << 20);
+  const auto max_delay = size<std::chrono::microseconds>(60ms, 3s);
   const std::uint64_t run_seed = coropipe_stress::seed();
   MESSAGE("seed " << run_seed << " (COROPIPE_STRESS_SEED to replay)");
   INFO("seed " << run_seed);
@@ -143,7 +143,7 @@ TEST_CASE("random SIGKILLs among forked children streaming bytes: exactly the ki
       }
     }
     CHECK(landed + raced == plan.count);
-    MESSAGE("kills/bytes: " << children << " forked children x " << bytes << " bytes, " << plan.count
+    MESSAGE("kills/bytes: seed " << run_seed << ", " << children << " forked children x " << bytes << " bytes, " << plan.count
                             << " SIGKILLs within " << max_delay.count() / 1000 << " ms (" << landed
                             << " landed mid-stream, " << raced << " after the child finished), " << total
                             << " bytes checked in " << seconds_since(t0) << " s");
@@ -222,7 +222,7 @@ TEST_CASE("random SIGKILLs among forked children sending framed messages: exactl
       }
     }
     CHECK(landed + raced == plan.count);
-    MESSAGE("kills/messages: " << children << " forked children x " << count << " framed messages, " << plan.count
+    MESSAGE("kills/messages: seed " << run_seed << ", " << children << " forked children x " << count << " framed messages, " << plan.count
                                << " SIGKILLs within " << max_delay.count() / 1000 << " ms (" << landed
                                << " landed mid-stream, " << truncated << " of them inside a frame; " << raced
                                << " after the child finished), " << total << " messages checked in "
@@ -316,7 +316,7 @@ TEST_CASE("random SIGKILLs among spawned cats being written to and read from: th
       }
     }
     CHECK(landed + raced == plan.count);
-    MESSAGE("kills/cats: " << cats << " spawned cats x " << bytes << " bytes, " << plan.count << " SIGKILLs within "
+    MESSAGE("kills/cats: seed " << run_seed << ", " << cats << " spawned cats x " << bytes << " bytes, " << plan.count << " SIGKILLs within "
                            << max_delay.count() / 1000 << " ms (" << landed << " landed mid-stream, " << broken
                            << " of them failing the parent's write with broken_pipe; " << raced
                            << " after cat finished), " << total << " bytes read back and checked in "
