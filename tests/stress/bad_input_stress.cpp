@@ -190,7 +190,9 @@ void bad_descriptors(asio::io_context& io, std::mt19937& rng) {
   }
   // Impossible pipe sizes.
   {
-    auto [r, w] = coropipe::pipe();
+    auto p = coropipe::pipe();
+    unique_fd& r = p.read_end;
+    unique_fd& w = p.write_end;
     for (std::size_t bytes : {std::size_t{SIZE_MAX}, std::size_t{INT_MAX} + 1, std::size_t{1} << 40}) {
       CAPTURE(bytes);
       auto e = error_of("set_pipe_capacity", [&] { (void)coropipe::set_pipe_capacity(w.get(), bytes); });
@@ -314,7 +316,8 @@ void odd_buffers(asio::io_context& io) {
       // bytes: too large, refused before any allocation. If none did (Linux
       // 6.18 refuses the whole writev), the stream simply ended.
       auto [re, rv] = co_await chr.async_receive(as_tuple);
-      CHECK_MESSAGE((!re || re == errc::message_too_large), re.message());
+      const std::error_code rec = re;
+      CHECK_MESSAGE((!rec || rec == errc::message_too_large), rec.message());
       CHECK(!rv);
     }(), 10s);
   }
