@@ -48,12 +48,6 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
-// ThreadSanitizer's clone() interceptor runs its fork bookkeeping in the child
-// (ForkChildAfter), which with CLONE_VM rewrites the parent's own thread state
-// and aborts the parent ("CHECK failed: tsan_rtl.cpp ... !thr->slot"). Under
-// TSan, libc's clone() is therefore called directly, and the child's code is
-// left entirely uninstrumented: it runs as the suspended parent thread, calls
-// nothing of TSan's, and never returns into instrumented code.
 #if defined(__SANITIZE_THREAD__)
 #define COROPIPE_TSAN 1
 #elif defined(__has_feature)
@@ -63,6 +57,8 @@
 #endif
 
 #if defined(COROPIPE_TSAN) && defined(__clang__)
+// ThreadSanitizer: not even function entry/exit may be recorded, since the
+// child would push onto the (suspended) parent thread's shadow stack.
 #define COROPIPE_CHILD_CODE __attribute__((disable_sanitizer_instrumentation))
 #elif defined(COROPIPE_TSAN)
 #define COROPIPE_CHILD_CODE __attribute__((no_sanitize("thread")))
@@ -71,7 +67,14 @@
 #endif
 
 #if defined(COROPIPE_TSAN)
-#include <dlfcn.h>
+// ThreadSanitizer's clone() interceptor treats every clone as a fork: its
+// bookkeeping after the call assumes a separate address space, and with
+// CLONE_VM the child's half of it lands in the parent's state (a CHECK
+// failure in ForkAfter). glibc's __clone is the same function, not intercepted.
+extern "C" int __clone(int (*fn)(void*), void* stack, int flags, void* arg, ...);  // NOLINT
+#define COROPIPE_CLONE __clone
+#else
+#define COROPIPE_CLONE ::clone
 #endif
 
 extern char** environ;  // NOLINT
@@ -474,23 +477,6 @@ private:
   std::size_t page_ = 0;
 };
 
-#if defined(COROPIPE_TSAN)
-using clone_function = int (*)(int (*)(void*), void*, int, void*, ...);
-
-// libc's clone(), not the sanitizer's interceptor (see the top of the file).
-clone_function libc_clone() noexcept {
-  static const clone_function f = [] {
-    clone_function found = &::clone;
-    if (void* libc = ::dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD)) {
-      if (void* sym = ::dlsym(libc, "clone")) std::memcpy(&found, &sym, sizeof found);
-      ::dlclose(libc);
-    }
-    return found;
-  }();
-  return f;
-}
-#endif
-
 // clone() with every signal blocked in the calling thread, so that no
 // handler of the parent's runs in the child while it shares the memory.
 pid_t clone_child(child_args& args, void* stack_top, bool with_pidfd, int& pidfd, int& error) noexcept {
@@ -500,11 +486,7 @@ pid_t clone_child(child_args& args, void* stack_top, bool with_pidfd, int& pidfd
   int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
   if (with_pidfd) flags |= CLONE_PIDFD;
   pidfd = -1;
-#if defined(COROPIPE_TSAN)
-  const pid_t pid = libc_clone()(child_main, stack_top, flags, &args, &pidfd);
-#else
-  const pid_t pid = ::clone(child_main, stack_top, flags, &args, &pidfd);
-#endif
+  const pid_t pid = COROPIPE_CLONE(child_main, stack_top, flags, &args, &pidfd);
   error = pid < 0 ? errno : 0;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   return pid;

@@ -221,8 +221,19 @@ namespace coropipe_test {
 template <typename Body>
 pid_t fork_raw(Body&& body) {
   std::fflush(nullptr);
+  // Every signal is blocked across the fork, so that one sent to the child at
+  // once (a test's SIGINT) waits until the child has its default actions: a
+  // signal caught by the parent's handlers meanwhile would be lost (under
+  // ThreadSanitizer, whose deferred delivery finds SIG_DFL and drops it).
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
   const pid_t pid = ::fork();
-  if (pid < 0) throw std::system_error(errno, std::system_category(), "fork");
+  if (pid < 0) {
+    const int err = errno;
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    throw std::system_error(err, std::system_category(), "fork");
+  }
   if (pid == 0) {
     // doctest's crash handlers must not run in the child: default actions.
     for (int sig = 1; sig < NSIG; ++sig) {
@@ -234,6 +245,7 @@ pid_t fork_raw(Body&& body) {
         ::sigaction(sig, &sa, nullptr);
       }
     }
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
     int code = 99;
     try {
       code = body();
@@ -244,6 +256,7 @@ pid_t fork_raw(Body&& body) {
     std::fflush(nullptr);
     ::_exit(code);
   }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   return pid;
 }
 

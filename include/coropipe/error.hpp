@@ -25,8 +25,8 @@ enum class errc {
   message_too_large,
   /// The stream ended inside a frame (after part of its header or payload).
   truncated_message,
-  /// A frame header that no sender produces (a negative length other than -1,
-  /// or an 8-byte length below 2^31).
+  /// A frame header that no sender produces: a negative length other than -1.
+  /// (An 8-byte length below 2^31 is accepted, as Python's recv_bytes does.)
   malformed_frame,
   /// A message did not decode as the type the channel carries.
   decode_failed,
