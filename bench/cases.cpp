@@ -134,7 +134,30 @@ double raw_throughput(std::size_t chunk, std::size_t total, std::size_t capacity
   return static_cast<double>(total) / secs / 1e6;
 }
 
-double coropipe_throughput(std::size_t chunk, std::size_t total, std::size_t capacity) {
+namespace {
+
+// The two ways of doing the byte I/O of case 1: coropipe's try-first
+// operations, or Asio's own (every operation through the reactor).
+struct coropipe_io {
+  static auto write(asio::posix::stream_descriptor& s, asio::const_buffer b) {
+    return coropipe::async_write(s, b, use_awaitable);
+  }
+  static auto read_some(asio::posix::stream_descriptor& s, asio::mutable_buffer b) {
+    return coropipe::async_read_some(s, b, use_awaitable);
+  }
+};
+
+struct plain_asio_io {
+  static auto write(asio::posix::stream_descriptor& s, asio::const_buffer b) {
+    return asio::async_write(s, b, use_awaitable);
+  }
+  static auto read_some(asio::posix::stream_descriptor& s, asio::mutable_buffer b) {
+    return s.async_read_some(b, use_awaitable);
+  }
+};
+
+template <typename Io>
+double throughput_with(std::size_t chunk, std::size_t total, std::size_t capacity) {
   asio::io_context io(1);
   auto [in, out] = coropipe::pipe();
   auto [go_in, go_out] = coropipe::pipe();
@@ -148,7 +171,7 @@ double coropipe_throughput(std::size_t chunk, std::size_t total, std::size_t cap
         char b;
         co_await read_exact(gate, &b, 1);
         for (std::size_t sent = 0; sent < all; sent += size)
-          co_await coropipe::async_write(pipe_out, asio::buffer(buf.data(), std::min(size, all - sent)), use_awaitable);
+          co_await Io::write(pipe_out, asio::buffer(buf.data(), std::min(size, all - sent)));
         co_return 0;
       },
       std::move(out), std::move(go_in), chunk, total);
@@ -157,13 +180,20 @@ double coropipe_throughput(std::size_t chunk, std::size_t total, std::size_t cap
   return run_to_completion(io, [&]() -> awaitable<double> {
     std::vector<char> buf(chunk);
     const auto t0 = clock::now();
-    co_await coropipe::async_write(gate, asio::buffer("g", 1), use_awaitable);
+    co_await Io::write(gate, asio::buffer("g", 1));
     std::size_t got = 0;
-    while (got < total) got += co_await coropipe::async_read_some(reader, asio::buffer(buf), use_awaitable);
+    while (got < total) got += co_await Io::read_some(reader, asio::buffer(buf));
     const double secs = seconds_since(t0);
-    if (!(co_await kid.async_wait(use_awaitable)).success()) throw std::runtime_error("child failed");
+    const coropipe::exit_status status = co_await kid.async_wait(use_awaitable);
+    if (!status.success()) throw std::runtime_error("child failed");
     co_return static_cast<double>(total) / secs / 1e6;
   }());
+}
+
+} // namespace
+
+double coropipe_throughput(std::size_t chunk, std::size_t total, std::size_t capacity) {
+  return throughput_with<coropipe_io>(chunk, total, capacity);
 }
 
 // Case 3: a 16-byte message to the child and back, `rounds` times. Returns
@@ -538,34 +568,7 @@ double floor_ping_pong(int rounds) {
 // stream_descriptor::async_read_some): every operation goes through the
 // reactor, even one that could complete at once.
 double plain_asio_throughput(std::size_t chunk, std::size_t total) {
-  asio::io_context io(1);
-  auto [in, out] = coropipe::pipe();
-  auto [go_in, go_out] = coropipe::pipe();
-  auto kid = coropipe::fork_child(
-      io,
-      [](child_context& ctx, unique_fd w, unique_fd g, std::size_t size, std::size_t all) -> awaitable<int> {
-        auto pipe_out = ctx.attach(std::move(w));
-        auto gate = ctx.attach(std::move(g));
-        std::vector<char> buf(size, 'x');
-        char b;
-        co_await asio::async_read(gate, asio::buffer(&b, 1), use_awaitable);
-        for (std::size_t sent = 0; sent < all; sent += size)
-          co_await asio::async_write(pipe_out, asio::buffer(buf.data(), std::min(size, all - sent)), use_awaitable);
-        co_return 0;
-      },
-      std::move(out), std::move(go_in), chunk, total);
-  auto reader = coropipe::attach(io, std::move(in));
-  auto gate = coropipe::attach(io, std::move(go_out));
-  return run_to_completion(io, [&]() -> awaitable<double> {
-    std::vector<char> buf(chunk);
-    const auto t0 = clock::now();
-    co_await asio::async_write(gate, asio::buffer("g", 1), use_awaitable);
-    std::size_t got = 0;
-    while (got < total) got += co_await reader.async_read_some(asio::buffer(buf), use_awaitable);
-    const double secs = seconds_since(t0);
-    if (!(co_await kid.async_wait(use_awaitable)).success()) throw std::runtime_error("child failed");
-    co_return static_cast<double>(total) / secs / 1e6;
-  }());
+  return throughput_with<plain_asio_io>(chunk, total, 0);
 }
 
 // Case 4 without batching: each frame written by its own
