@@ -14,6 +14,7 @@
 #include <spawn.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -376,6 +377,36 @@ double floor_forks(int count) {
     reap(pid);
   }
   return count / seconds_since(t0);
+}
+
+// The same child, waited for the way an event loop must (without blocking
+// its thread): the child's pidfd registered with Asio's reactor, then
+// waitid(2). The parent keeps running while the child lives, so its own
+// writes to pages it shares with the child are copied, as in coropipe.
+double floor_async_forks(int count) {
+  asio::io_context io(1);
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    const auto t0 = clock::now();
+    for (int i = 0; i < count; ++i) {
+      const pid_t pid = ::fork();
+      if (pid < 0) fail("fork");
+      if (pid == 0) {
+        asio::io_context child_io(1);
+        int code = 1;
+        asio::co_spawn(child_io, []() -> awaitable<int> { co_return 0; }, [&](std::exception_ptr, int c) { code = c; });
+        child_io.run();
+        ::_exit(code);
+      }
+      const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+      if (pidfd < 0) fail("pidfd_open");
+      asio::posix::stream_descriptor waiter(io, pidfd);
+      co_await waiter.async_wait(asio::posix::stream_descriptor::wait_read, use_awaitable);
+      siginfo_t info{};
+      if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED) != 0) fail("waitid");
+      if (info.si_code != CLD_EXITED || info.si_status != 0) throw std::runtime_error("a child failed");
+    }
+    co_return count / seconds_since(t0);
+  }());
 }
 
 double coropipe_forks(int count) {

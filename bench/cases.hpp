@@ -15,6 +15,7 @@ double coropipe_messages(int count);
 double raw_forks(int count);
 double coropipe_forks(int count);
 double floor_forks(int count);
+double floor_async_forks(int count);
 double raw_spawns(int count);
 // Floors: hand-written non-blocking I/O with epoll, no Asio (see cases.cpp).
 double floor_throughput(std::size_t chunk, std::size_t total);

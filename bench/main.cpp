@@ -113,6 +113,10 @@ std::vector<case_spec> all_cases(const settings& s) {
                    "children/s", better::higher, std::nullopt, [=] { return floor_forks(forks); },
                    [=] { return raw_forks(forks); },
                    "reference: a hand-written fork whose child runs one coroutine on an io_context"});
+  cases.push_back({"fork + wait: floor, Asio child and pidfd wait without coropipe",
+                   "{\"children\": " + std::to_string(forks) + "}", "children/s", better::higher, std::nullopt,
+                   [=] { return floor_async_forks(forks); }, [=] { return raw_forks(forks); },
+                   "reference: the same child, its pidfd waited for through Asio's reactor, then waitid"});
   // 7. Memory: report-only cases; the target is the value itself.
   const int counted = s.quick ? 100000 : 1000000;
   cases.push_back({"memory: framed_stream allocations/message", "{\"payload\": 16, \"messages\": " + std::to_string(counted) + "}",
