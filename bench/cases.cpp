@@ -12,6 +12,7 @@
 
 #include <fcntl.h>
 #include <spawn.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -36,6 +37,18 @@ using coropipe::child_context;
 using coropipe::unique_fd;
 
 [[noreturn]] void fail(const char* what) { throw std::system_error(errno, std::system_category(), what); }
+
+// Where the streaming cases' child runs (-1: anywhere); see pin_cpus().
+int child_cpu = -1;
+
+// Called first thing in every streaming child, raw or coropipe.
+void pin_child() noexcept {
+  if (child_cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(static_cast<std::size_t>(child_cpu), &set);
+  ::sched_setaffinity(0, sizeof set, &set);
+}
 
 void write_all(int fd, const char* data, std::size_t size) {
   while (size > 0) {
@@ -108,6 +121,7 @@ double raw_throughput(std::size_t chunk, std::size_t total, std::size_t capacity
   const pid_t pid = ::fork();
   if (pid < 0) fail("fork");
   if (pid == 0) {
+    pin_child();
     ::close(data[0]);
     ::close(go[1]);
     std::vector<char> buf(chunk, 'x');
@@ -166,6 +180,7 @@ double throughput_with(std::size_t chunk, std::size_t total, std::size_t capacit
   auto kid = coropipe::fork_child(
       io,
       [](child_context& ctx, unique_fd w, unique_fd g, std::size_t size, std::size_t all) -> awaitable<int> {
+        pin_child();
         auto pipe_out = ctx.attach(std::move(w));
         auto gate = ctx.attach(std::move(g));
         std::vector<char> buf(size, 'x');
@@ -205,6 +220,7 @@ double raw_ping_pong(int rounds) {
   const pid_t pid = ::fork();
   if (pid < 0) fail("fork");
   if (pid == 0) {
+    pin_child();
     ::close(ping[1]);
     ::close(pong[0]);
     char msg[16];
@@ -236,6 +252,7 @@ double coropipe_ping_pong(int rounds) {
   auto kid = coropipe::fork_child(
       io,
       [](child_context& ctx, unique_fd r, unique_fd w, int n) -> awaitable<int> {
+        pin_child();
         auto in = ctx.attach(std::move(r));
         auto out = ctx.attach(std::move(w));
         char msg[16];
@@ -269,6 +286,7 @@ double raw_messages(int count) {
   const pid_t pid = ::fork();
   if (pid < 0) fail("fork");
   if (pid == 0) {
+    pin_child();
     ::close(data[0]);
     ::close(go[1]);
     char b;
@@ -317,6 +335,7 @@ double coropipe_messages(int count) {
   auto kid = coropipe::fork_child(
       io,
       [](child_context& ctx, unique_fd w, unique_fd g, int n) -> awaitable<int> {
+        pin_child();
         coropipe::framed_stream<> tx(ctx.attach(std::move(w)));
         auto gate = ctx.attach(std::move(g));
         char b;
@@ -534,6 +553,7 @@ double floor_throughput(std::size_t chunk, std::size_t total) {
   const pid_t pid = ::fork();
   if (pid < 0) fail("fork");
   if (pid == 0) {
+    pin_child();
     ::close(data[0]);
     ::close(go[1]);
     const int ep = epoll_for(data[1]);
@@ -566,6 +586,7 @@ double floor_ping_pong(int rounds) {
   const pid_t pid = ::fork();
   if (pid < 0) fail("fork");
   if (pid == 0) {
+    pin_child();
     ::close(ping[1]);
     ::close(pong[0]);
     const int ep = epoll_for(ping[0]);
@@ -611,6 +632,7 @@ double unbatched_messages(int count) {
   auto kid = coropipe::fork_child(
       io,
       [](child_context& ctx, unique_fd w, unique_fd g, int n) -> awaitable<int> {
+        pin_child();
         auto pipe_out = ctx.attach(std::move(w));
         auto gate = ctx.attach(std::move(g));
         char b;
@@ -632,6 +654,26 @@ double unbatched_messages(int count) {
     if (!(co_await kid.async_wait(use_awaitable)).success()) throw std::runtime_error("child failed");
     co_return got / secs;
   }());
+}
+
+bool pin_cpus() {
+  cpu_set_t allowed;
+  if (::sched_getaffinity(0, sizeof allowed, &allowed) != 0) return false;
+  int first = -1;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(static_cast<std::size_t>(cpu), &allowed)) continue;
+    if (first < 0) {
+      first = cpu;
+    } else {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(static_cast<std::size_t>(first), &set);
+      if (::sched_setaffinity(0, sizeof set, &set) != 0) return false;
+      child_cpu = cpu;
+      return true;
+    }
+  }
+  return false;
 }
 
 } // namespace bench

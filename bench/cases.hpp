@@ -6,6 +6,11 @@
 
 namespace bench {
 
+// Pins this process to the first CPU it may use and the streaming cases'
+// children (raw and coropipe alike) to the second, so that every run places
+// the two ends the same way. False (nothing pinned) with fewer than two CPUs.
+bool pin_cpus();
+
 double raw_throughput(std::size_t chunk, std::size_t total, std::size_t capacity);
 double coropipe_throughput(std::size_t chunk, std::size_t total, std::size_t capacity);
 double raw_ping_pong(int rounds);

@@ -92,10 +92,10 @@ void print_json(const std::vector<case_result>& results) {
   utsname u{};
   ::uname(&u);
   std::printf("{\n  \"machine\": {\"cores\": %ld, \"cpu\": %s, \"kernel\": %s, \"compiler\": %s, "
-              "\"pipe_max_size\": %s},\n  \"cases\": [\n",
+              "\"pipe_max_size\": %s, \"pinned\": %s},\n  \"cases\": [\n",
               ::sysconf(_SC_NPROCESSORS_ONLN), json_string(cpu_model()).c_str(),
               json_string(std::string(u.sysname) + " " + u.release).c_str(), json_string(__VERSION__).c_str(),
-              read_first_line("/proc/sys/fs/pipe-max-size").c_str());
+              read_first_line("/proc/sys/fs/pipe-max-size").c_str(), pinned ? "true" : "false");
   for (std::size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
     std::printf("    {\"name\": %s, \"params\": %s, \"unit\": %s, \"coropipe\": %s, \"baseline\": %s, "

@@ -29,6 +29,9 @@ inline double median(std::vector<double> v) {
 /// latency-like (lower is better; the ratio is then baseline / coropipe).
 enum class better { higher, lower };
 
+/// Whether parent and streaming children run pinned to two CPUs (main.cpp).
+inline bool pinned = false;
+
 struct settings {
   bool quick = false;
   int repetitions = 5;

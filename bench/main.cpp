@@ -1,6 +1,8 @@
 // coropipe-bench: every case through coropipe and through a raw baseline in
 // the same run, alternating, several repetitions, medians.
-//   coropipe-bench [--quick] [--json] [--filter SUBSTRING]
+//   coropipe-bench [--quick] [--json] [--no-pin] [--filter SUBSTRING]
+// By default the process is pinned to one CPU and the streaming cases'
+// children (raw and coropipe alike) to another: see pin_cpus().
 #include "cases.hpp"
 #include "harness.hpp"
 
@@ -135,17 +137,20 @@ std::vector<case_spec> all_cases(const settings& s) {
 int main(int argc, char** argv) {
   settings s;
   bool json = false;
+  bool pin = true;
   std::string filter;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) s.quick = true;
     else if (std::strcmp(argv[i], "--json") == 0) json = true;
+    else if (std::strcmp(argv[i], "--no-pin") == 0) pin = false;
     else if (std::strcmp(argv[i], "--filter") == 0 && i + 1 < argc) filter = argv[++i];
     else {
-      std::fprintf(stderr, "usage: coropipe-bench [--quick] [--json] [--filter SUBSTRING]\n");
+      std::fprintf(stderr, "usage: coropipe-bench [--quick] [--json] [--no-pin] [--filter SUBSTRING]\n");
       return std::strcmp(argv[i], "--help") == 0 ? 0 : 2;
     }
   }
   s.repetitions = s.quick ? 3 : 7;
+  pinned = pin && pin_cpus();
   std::vector<case_result> results;
   try {
     for (const auto& c : all_cases(s))

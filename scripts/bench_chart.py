@@ -140,7 +140,8 @@ def fmt(v):
 def markdown_table(data):
     m = data.get("machine", {})
     lines = [f'Machine: {m.get("cpu", "?")}, {m.get("cores", "?")} cores, {m.get("kernel", "?")}, '
-             f'compiler {m.get("compiler", "?")}.', "",
+             f'compiler {m.get("compiler", "?")}, '
+             f'{"parent and streaming children pinned to two CPUs" if m.get("pinned") else "not pinned"}.', "",
              "| case | unit | coropipe | baseline | ratio | target | met |",
              "|---|---|---:|---:|---:|---:|:---:|"]
     for c in data["cases"]:
