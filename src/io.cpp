@@ -14,8 +14,6 @@ namespace {
 thread_local bool sigpipe_checked = false;
 thread_local unsigned immediate_completions = 0;
 
-constexpr unsigned yield_every = 64;
-
 std::error_code errno_code(int err) noexcept {
   if (err == EAGAIN || err == EWOULDBLOCK) return asio::error::would_block;
   return {err, asio::error::get_system_category()};
@@ -58,7 +56,7 @@ void ensure_sigpipe_blocked() noexcept {
 }
 
 bool should_yield() noexcept {
-  if (++immediate_completions < yield_every) return false;
+  if (++immediate_completions < yield_period) return false;
   immediate_completions = 0;
   return true;
 }

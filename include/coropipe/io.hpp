@@ -12,8 +12,12 @@
 /// completing inside the initiating function).
 ///
 /// A coroutine that never meets EAGAIN would keep its thread forever, so after
-/// 64 consecutive immediate completions on a thread the next one yields
-/// (posts itself to the executor) to let other work run.
+/// 256 consecutive immediate completions on a thread the next one yields
+/// (posts itself to the executor) to let other work run. Each yield costs a
+/// pass through the scheduler (and its non-blocking epoll_wait); for a
+/// framed_stream it is also when the batched writes go out, so the period
+/// sets the batch size of a sender that never waits (256 was worth 13 to 20%
+/// of the message rate over 64; docs/performance.md).
 ///
 /// Errors are Asio's: `asio::error::eof`, `asio::error::broken_pipe`,
 /// `asio::error::operation_aborted` on per-operation cancellation (honoured
@@ -66,6 +70,9 @@ std::size_t try_writev(int fd, const ::iovec* iov, int count, std::error_code& e
 // Makes sure SIGPIPE is blocked in the calling thread (cached per thread).
 void ensure_sigpipe_blocked() noexcept;
 
+// How many consecutive immediate completions on a thread go by before the
+// next one yields (posts its completion).
+inline constexpr unsigned yield_period = 256;
 // Counts consecutive immediate completions on this thread; true when the
 // caller should yield before completing.
 bool should_yield() noexcept;
