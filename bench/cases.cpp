@@ -280,6 +280,15 @@ double coropipe_ping_pong(int rounds) {
 
 // Case 4: `count` framed messages of 16 bytes from a child. Returns messages
 // per second. The raw sender makes one write(2) per frame.
+
+namespace {
+
+// One frame of case 4: the 4-byte big-endian length, then the payload.
+constexpr char frame16[20] = {0, 0, 0, 16, 'p', 'a', 'y', 'l', 'o', 'a', 'd', '-', 's', 'i', 'x', 't', 'e', 'e', 'n', '!'};
+constexpr std::size_t frame_header = 4;
+
+} // namespace
+
 double raw_messages(int count) {
   int data[2], go[2];
   if (::pipe2(data, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) fail("pipe2");
@@ -291,8 +300,7 @@ double raw_messages(int count) {
     ::close(go[1]);
     char b;
     read_exact(go[0], &b, 1);
-    char frame[20] = {0, 0, 0, 16, 'p', 'a', 'y', 'l', 'o', 'a', 'd', '-', 's', 'i', 'x', 't', 'e', 'e', 'n', '!'};
-    for (int i = 0; i < count; ++i) write_all(data[1], frame, sizeof frame);
+    for (int i = 0; i < count; ++i) write_all(data[1], frame16, sizeof frame16);
     ::_exit(0);
   }
   ::close(data[1]);
@@ -328,7 +336,29 @@ double raw_messages(int count) {
   return count / secs;
 }
 
-double coropipe_messages(int count) {
+namespace {
+
+// The two senders of case 4's coropipe side: a framed_stream (batched), or
+// one coropipe::async_write per frame.
+struct framed_sender {
+  static awaitable<void> send(asio::posix::stream_descriptor out, int n) {
+    coropipe::framed_stream<> tx(std::move(out));
+    for (int i = 0; i < n; ++i)
+      co_await tx.async_send(asio::buffer(frame16 + frame_header, sizeof frame16 - frame_header), use_awaitable);
+    co_await tx.async_close(use_awaitable);
+  }
+};
+
+struct unbatched_sender {
+  static awaitable<void> send(asio::posix::stream_descriptor out, int n) {
+    for (int i = 0; i < n; ++i) co_await coropipe::async_write(out, asio::buffer(frame16), use_awaitable);
+  }
+};
+
+// `count` frames from a forked child sending with Sender, received by a
+// framed_stream. Returns messages per second.
+template <typename Sender>
+double messages_with(int count) {
   asio::io_context io(1);
   auto [in, out] = coropipe::pipe();
   auto [go_in, go_out] = coropipe::pipe();
@@ -336,13 +366,11 @@ double coropipe_messages(int count) {
       io,
       [](child_context& ctx, unique_fd w, unique_fd g, int n) -> awaitable<int> {
         pin_child();
-        coropipe::framed_stream<> tx(ctx.attach(std::move(w)));
+        auto pipe_out = ctx.attach(std::move(w));
         auto gate = ctx.attach(std::move(g));
         char b;
         co_await read_exact(gate, &b, 1);
-        static constexpr char payload[16] = {'p', 'a', 'y', 'l', 'o', 'a', 'd', '-', 's', 'i', 'x', 't', 'e', 'e', 'n', '!'};
-        for (int i = 0; i < n; ++i) co_await tx.async_send(asio::buffer(payload), use_awaitable);
-        co_await tx.async_close(use_awaitable);
+        co_await Sender::send(std::move(pipe_out), n);
         co_return 0;
       },
       std::move(out), std::move(go_in), count);
@@ -353,15 +381,20 @@ double coropipe_messages(int count) {
     co_await coropipe::async_write(gate, asio::buffer("g", 1), use_awaitable);
     int got = 0;
     while (auto msg = co_await rx.async_receive(use_awaitable)) {
-      if (msg->size() != 16) throw std::runtime_error("bad message");
+      if (msg->size() != sizeof frame16 - frame_header) throw std::runtime_error("bad message");
       ++got;
     }
     const double secs = seconds_since(t0);
     if (got != count) throw std::runtime_error("messages lost");
-    if (!(co_await kid.async_wait(use_awaitable)).success()) throw std::runtime_error("child failed");
+    const coropipe::exit_status status = co_await kid.async_wait(use_awaitable);
+    if (!status.success()) throw std::runtime_error("child failed");
     co_return got / secs;
   }());
 }
+
+} // namespace
+
+double coropipe_messages(int count) { return messages_with<framed_sender>(count); }
 
 // Case 6: children forked and waited for, one after another. Returns
 // children per second.
@@ -381,18 +414,26 @@ double raw_forks(int count) {
 // on it. The pages such a child touches are what separate it from fork +
 // _exit (every page a child writes is copied, every code page it runs is
 // mapped, at a fault each).
+namespace {
+
+// What the floors' forked child does: one trivial coroutine on a fresh
+// io_context, then _exit with its result.
+[[noreturn]] void trivial_asio_child() {
+  asio::io_context io(1);
+  int code = 1;
+  asio::co_spawn(io, []() -> awaitable<int> { co_return 0; }, [&](std::exception_ptr, int c) { code = c; });
+  io.run();
+  ::_exit(code);
+}
+
+} // namespace
+
 double floor_forks(int count) {
   const auto t0 = clock::now();
   for (int i = 0; i < count; ++i) {
     const pid_t pid = ::fork();
     if (pid < 0) fail("fork");
-    if (pid == 0) {
-      asio::io_context io(1);
-      int code = 1;
-      asio::co_spawn(io, []() -> awaitable<int> { co_return 0; }, [&](std::exception_ptr, int c) { code = c; });
-      io.run();
-      ::_exit(code);
-    }
+    if (pid == 0) trivial_asio_child();
     reap(pid);
   }
   return count / seconds_since(t0);
@@ -409,13 +450,7 @@ double floor_async_forks(int count) {
     for (int i = 0; i < count; ++i) {
       const pid_t pid = ::fork();
       if (pid < 0) fail("fork");
-      if (pid == 0) {
-        asio::io_context child_io(1);
-        int code = 1;
-        asio::co_spawn(child_io, []() -> awaitable<int> { co_return 0; }, [&](std::exception_ptr, int c) { code = c; });
-        child_io.run();
-        ::_exit(code);
-      }
+      if (pid == 0) trivial_asio_child();
       const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
       if (pidfd < 0) fail("pidfd_open");
       asio::posix::stream_descriptor waiter(io, pidfd);
@@ -625,36 +660,7 @@ double plain_asio_throughput(std::size_t chunk, std::size_t total) {
 
 // Case 4 without batching: each frame written by its own
 // coropipe::async_write (header and payload in one gather write).
-double unbatched_messages(int count) {
-  asio::io_context io(1);
-  auto [in, out] = coropipe::pipe();
-  auto [go_in, go_out] = coropipe::pipe();
-  auto kid = coropipe::fork_child(
-      io,
-      [](child_context& ctx, unique_fd w, unique_fd g, int n) -> awaitable<int> {
-        pin_child();
-        auto pipe_out = ctx.attach(std::move(w));
-        auto gate = ctx.attach(std::move(g));
-        char b;
-        co_await read_exact(gate, &b, 1);
-        static constexpr char frame[20] = {0, 0, 0, 16, 'p', 'a', 'y', 'l', 'o', 'a', 'd', '-', 's', 'i', 'x', 't', 'e', 'e', 'n', '!'};
-        for (int i = 0; i < n; ++i) co_await coropipe::async_write(pipe_out, asio::buffer(frame), use_awaitable);
-        co_return 0;
-      },
-      std::move(out), std::move(go_in), count);
-  coropipe::framed_stream<> rx(coropipe::attach(io, std::move(in)));
-  auto gate = coropipe::attach(io, std::move(go_out));
-  return run_to_completion(io, [&]() -> awaitable<double> {
-    const auto t0 = clock::now();
-    co_await coropipe::async_write(gate, asio::buffer("g", 1), use_awaitable);
-    int got = 0;
-    while (auto msg = co_await rx.async_receive(use_awaitable)) ++got;
-    const double secs = seconds_since(t0);
-    if (got != count) throw std::runtime_error("messages lost");
-    if (!(co_await kid.async_wait(use_awaitable)).success()) throw std::runtime_error("child failed");
-    co_return got / secs;
-  }());
-}
+double unbatched_messages(int count) { return messages_with<unbatched_sender>(count); }
 
 bool pin_cpus() {
   cpu_set_t allowed;
