@@ -288,8 +288,13 @@ struct started_program {
 /// @p stdin_fd: the program's stdin (default /dev/null); not closed here.
 inline started_program start_program(const std::vector<std::string>& argv, int stdin_fd = -1) {
   int out[2], err[2];
-  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
-    throw std::system_error(errno, std::system_category(), "pipe2");
+  if (::pipe2(out, O_CLOEXEC) != 0) throw std::system_error(errno, std::system_category(), "pipe2");
+  if (::pipe2(err, O_CLOEXEC) != 0) {
+    const int e = errno;
+    ::close(out[0]);
+    ::close(out[1]);
+    throw std::system_error(e, std::system_category(), "pipe2");
+  }
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   if (stdin_fd < 0) posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
@@ -492,49 +497,18 @@ struct piped_program {
 /// the caller's ends are close-on-exec and blocking. The caller closes them
 /// and reaps the program (wait_for_pid).
 inline piped_program start_piped_program(const std::vector<std::string>& argv) {
-  int in[2], out[2], err[2];
+  int in[2];
   if (::pipe2(in, O_CLOEXEC) != 0) throw std::system_error(errno, std::system_category(), "pipe2");
-  if (::pipe2(out, O_CLOEXEC) != 0) {
-    const int e = errno;
+  started_program p;
+  try {
+    p = start_program(argv, in[0]);
+  } catch (...) {
     ::close(in[0]);
     ::close(in[1]);
-    throw std::system_error(e, std::system_category(), "pipe2");
+    throw;
   }
-  if (::pipe2(err, O_CLOEXEC) != 0) {
-    const int e = errno;
-    for (int fd : {in[0], in[1], out[0], out[1]}) ::close(fd);
-    throw std::system_error(e, std::system_category(), "pipe2");
-  }
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-  posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t all, none;
-  sigfillset(&all);
-  sigemptyset(&none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = -1;
-  const int r = ::posix_spawn(&pid, args[0], &fa, &attr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&attr);
   ::close(in[0]);
-  ::close(out[1]);
-  ::close(err[1]);
-  if (r != 0) {
-    ::close(in[1]);
-    ::close(out[0]);
-    ::close(err[0]);
-    throw std::system_error(r, std::system_category(), "posix_spawn " + argv[0]);
-  }
-  return {pid, in[1], out[0], err[0]};
+  return {p.pid, in[1], p.out, p.err};
 }
 
 } // namespace coropipe_test
