@@ -50,19 +50,9 @@ TEST_CASE("many forked children stream pseudo-random bytes to the parent at once
   const auto t0 = std::chrono::steady_clock::now();
   {
     asio::io_context io;
-    std::vector<coropipe::child> kids;
-    std::vector<asio::posix::stream_descriptor> ins;
-    for (std::size_t i = 0; i < children; ++i) {
-      auto [r, w] = coropipe::pipe();
-      kids.push_back(coropipe::fork_child(
-          io,
-          [](child_context& ctx, unique_fd out, std::uint64_t seed, std::size_t total) -> awaitable<int> {
-            auto s = ctx.attach(std::move(out));
-            co_return co_await coropipe_stress::write_bytes(s, seed, total);
-          },
-          std::move(w), coropipe_stress::child_seed(run_seed, i), bytes));
-      ins.push_back(coropipe::attach(io, std::move(r)));
-    }
+    auto streams = coropipe_stress::fork_byte_writers(io, children, run_seed, bytes);
+    auto& kids = streams.kids;
+    auto& ins = streams.ins;
     std::vector<coropipe_stress::bytes_seen> seen(children);
     std::vector<exit_status> status(children, exit_status::exited(255));
     std::vector<awaitable<void>> work;
@@ -103,20 +93,9 @@ TEST_CASE("many forked children send framed messages to the parent at once") {
   const auto t0 = std::chrono::steady_clock::now();
   {
     asio::io_context io;
-    std::vector<coropipe::child> kids;
-    std::vector<coropipe::framed_stream<>> ins;
-    for (std::size_t i = 0; i < children; ++i) {
-      auto [r, w] = coropipe::pipe();
-      kids.push_back(coropipe::fork_child(
-          io,
-          [](child_context& ctx, unique_fd out, std::uint64_t seed, std::uint32_t id,
-             std::uint64_t n) -> awaitable<int> {
-            coropipe::framed_stream<> fs(ctx.attach(std::move(out)));
-            co_return co_await coropipe_stress::send_messages(fs, seed, id, n);
-          },
-          std::move(w), coropipe_stress::child_seed(run_seed, i), static_cast<std::uint32_t>(i), count));
-      ins.emplace_back(coropipe::attach(io, std::move(r)));
-    }
+    auto streams = coropipe_stress::fork_message_senders(io, children, run_seed, count);
+    auto& kids = streams.kids;
+    auto& ins = streams.ins;
     std::vector<coropipe_stress::messages_seen> seen(children);
     std::vector<exit_status> status(children, exit_status::exited(255));
     std::vector<awaitable<void>> work;

@@ -7,15 +7,18 @@
 
 #include "stress.hpp"
 
+#include <coropipe/attach.hpp>
 #include <coropipe/child.hpp>
 #include <coropipe/error.hpp>
 #include <coropipe/fork.hpp>
 #include <coropipe/framed_stream.hpp>
 #include <coropipe/io.hpp>
+#include <coropipe/pipe.hpp>
 
 #include <asio/awaitable.hpp>
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
+#include <asio/io_context.hpp>
 #include <asio/posix/stream_descriptor.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
@@ -260,6 +263,55 @@ asio::awaitable<void> check_messages(coropipe::framed_stream<Stream>& fs, std::u
     }
     ++seen.messages;
   }
+}
+
+/// Forked children streaming to the parent, each through its own pipe:
+/// their handles and the parent's ends, in the same order.
+template <typename In>
+struct streaming_children {
+  std::vector<coropipe::child> kids;
+  std::vector<In> ins;
+};
+
+/// @p children forked children; child i writes @p bytes of the byte stream
+/// child_seed(run_seed, i) (write_bytes()), checked by check_bytes().
+inline streaming_children<asio::posix::stream_descriptor> fork_byte_writers(asio::io_context& io, std::size_t children,
+                                                                            std::uint64_t run_seed, std::size_t bytes) {
+  streaming_children<asio::posix::stream_descriptor> c;
+  for (std::size_t i = 0; i < children; ++i) {
+    auto [r, w] = coropipe::pipe();
+    c.kids.push_back(coropipe::fork_child(
+        io,
+        [](coropipe::child_context& ctx, coropipe::unique_fd out, std::uint64_t seed,
+           std::size_t total) -> asio::awaitable<int> {
+          auto s = ctx.attach(std::move(out));
+          co_return co_await write_bytes(s, seed, total);
+        },
+        std::move(w), child_seed(run_seed, i), bytes));
+    c.ins.push_back(coropipe::attach(io, std::move(r)));
+  }
+  return c;
+}
+
+/// @p children forked children; child i sends @p count framed messages
+/// (send_messages(), seeded with child_seed(run_seed, i), id i), checked by
+/// check_messages().
+inline streaming_children<coropipe::framed_stream<>> fork_message_senders(asio::io_context& io, std::size_t children,
+                                                                          std::uint64_t run_seed, std::uint64_t count) {
+  streaming_children<coropipe::framed_stream<>> c;
+  for (std::size_t i = 0; i < children; ++i) {
+    auto [r, w] = coropipe::pipe();
+    c.kids.push_back(coropipe::fork_child(
+        io,
+        [](coropipe::child_context& ctx, coropipe::unique_fd out, std::uint64_t seed, std::uint32_t id,
+           std::uint64_t n) -> asio::awaitable<int> {
+          coropipe::framed_stream<> fs(ctx.attach(std::move(out)));
+          co_return co_await send_messages(fs, seed, id, n);
+        },
+        std::move(w), child_seed(run_seed, i), static_cast<std::uint32_t>(i), count));
+    c.ins.emplace_back(coropipe::attach(io, std::move(r)));
+  }
+  return c;
 }
 
 } // namespace coropipe_stress
