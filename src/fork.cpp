@@ -25,14 +25,6 @@
 #include <utility>
 #include <vector>
 
-#if defined(__SANITIZE_THREAD__)
-#define COROPIPE_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define COROPIPE_TSAN 1
-#endif
-#endif
-
 namespace coropipe::detail {
 
 namespace {

@@ -48,14 +48,6 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
-#if defined(__SANITIZE_THREAD__)
-#define COROPIPE_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define COROPIPE_TSAN 1
-#endif
-#endif
-
 #if defined(COROPIPE_TSAN) && defined(__clang__)
 // ThreadSanitizer: not even function entry/exit may be recorded, since the
 // child would push onto the (suspended) parent thread's shadow stack.

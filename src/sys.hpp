@@ -10,6 +10,15 @@
 #include <cstdint>
 #include <system_error>
 
+// COROPIPE_TSAN: this source is built with ThreadSanitizer (g++ or clang).
+#if defined(__SANITIZE_THREAD__)
+#define COROPIPE_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define COROPIPE_TSAN 1
+#endif
+#endif
+
 namespace coropipe::detail {
 
 inline std::error_code last_error() noexcept { return {errno, std::system_category()}; }
