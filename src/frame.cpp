@@ -80,7 +80,16 @@ std::optional<std::span<const std::byte>> frame_buffer::next(std::error_code& ec
     return std::nullopt;
   }
   const std::span<const std::byte> avail(data_.get() + start_, end_ - start_);
-  if (needed_ == 0) {
+  if (needed_ == 0 && avail.size() >= 4 && std::to_integer<unsigned>(avail[0]) < 0x80) {
+    // The usual header, 4 bytes: decoded here without the general parser.
+    const std::uint64_t size = load_be(avail.data(), 4);
+    if (size > max_) {
+      error_ = ec = errc::message_too_large;
+      return std::nullopt;
+    }
+    header_size_ = 4;
+    needed_ = 4 + static_cast<std::size_t>(size);
+  } else if (needed_ == 0) {
     // A header is checked once, against the limit in force when it arrives.
     auto h = parse_frame_header(avail, max_, ec);
     if (ec) {
@@ -118,10 +127,19 @@ void send_queue::batch::clear() noexcept {
   piece_offset = 0;
 }
 
+void send_queue::byte_buffer::grow(std::size_t at_least) {
+  const std::size_t capacity = std::max(at_least, 2 * capacity_);
+  auto fresh = std::make_unique_for_overwrite<std::byte[]>(capacity);
+  if (size_ != 0) std::memcpy(fresh.get(), data_.get(), size_);
+  data_ = std::move(fresh);
+  capacity_ = capacity;
+}
+
 void send_queue::add_copied(std::span<const std::byte> data, seq_t seq, bool frame_end, bool mergeable) {
   batch& b = filling();
   const std::size_t offset = b.bytes.size();
-  b.bytes.insert(b.bytes.end(), data.begin(), data.end());
+  if (!data.empty()) std::memcpy(b.bytes.extend(data.size()), data.data(), data.size());
+  b.bytes.commit(data.size());
   if (mergeable && last_mergeable_ && !b.pieces.empty()) {
     piece& last = b.pieces.back();
     if (last.borrowed == nullptr && !last.skipped && last.offset + last.size == offset) {
@@ -137,14 +155,14 @@ void send_queue::add_copied(std::span<const std::byte> data, seq_t seq, bool fra
 
 send_queue::seq_t send_queue::push_copy(std::span<const std::byte> payload) {
   const seq_t seq = next_seq_++;
-  std::array<std::byte, max_frame_header_size> header;
-  const std::size_t hlen = encode_frame_header(payload.size(), header);
   batch& b = filling();
   if (b.bytes.capacity() == 0) b.bytes.reserve(batch_capacity_);
   const std::size_t offset = b.bytes.size();
-  b.bytes.insert(b.bytes.end(), header.data(), header.data() + hlen);
-  b.bytes.insert(b.bytes.end(), payload.begin(), payload.end());
+  std::byte* out = b.bytes.extend(max_frame_header_size + payload.size());
+  const std::size_t hlen = encode_frame_header(payload.size(), std::span<std::byte, max_frame_header_size>(out, max_frame_header_size));
+  if (!payload.empty()) std::memcpy(out + hlen, payload.data(), payload.size());
   const std::size_t size = hlen + payload.size();
+  b.bytes.commit(size);
   pending_ += size;
   if (last_mergeable_ && !b.pieces.empty()) {
     piece& last = b.pieces.back();
