@@ -8,20 +8,28 @@
 
 namespace {
 std::atomic<std::uint64_t> allocations{0};
+// Off except while case 7 measures: a counter written on every allocation
+// would put one more copied page into every forked child's parent (case 6).
+std::atomic<bool> counting{false};
+
+void count() noexcept {
+  if (counting.load(std::memory_order_relaxed)) allocations.fetch_add(1, std::memory_order_relaxed);
+}
 } // namespace
 
 namespace bench {
 std::uint64_t allocation_count() noexcept { return allocations.load(std::memory_order_relaxed); }
+void count_allocations(bool on) noexcept { counting.store(on, std::memory_order_relaxed); }
 } // namespace bench
 
 void* operator new(std::size_t size) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
+  count();
   if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
   throw std::bad_alloc();
 }
 void* operator new[](std::size_t size) { return ::operator new(size); }
 void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
-  allocations.fetch_add(1, std::memory_order_relaxed);
+  count();
   return std::malloc(size == 0 ? 1 : size);
 }
 void* operator new[](std::size_t size, const std::nothrow_t& t) noexcept { return ::operator new(size, t); }

@@ -21,9 +21,11 @@ double raw_forks(int count);
 double coropipe_forks(int count);
 double floor_forks(int count);
 double floor_async_forks(int count);
+double fork_faults(double (*forks)(int), int count, bool parent);
 double raw_spawns(int count);
 // Floors: hand-written non-blocking I/O with epoll, no Asio (see cases.cpp).
 double floor_throughput(std::size_t chunk, std::size_t total);
+double floor_throughput_registered_while_waiting(std::size_t chunk, std::size_t total);
 double floor_ping_pong(int rounds);
 // What the optimisations bought: the same cases without them.
 double plain_asio_throughput(std::size_t chunk, std::size_t total);

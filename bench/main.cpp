@@ -32,7 +32,7 @@ std::vector<case_spec> all_cases(const settings& s) {
     std::size_t total;
     double target;
   };
-  for (const tp& t : {tp{64, std::size_t{2} << 20, 0.9}, tp{4096, std::size_t{32} << 20, 1.0},
+  for (const tp& t : {tp{64, std::size_t{4} << 20, 0.9}, tp{4096, std::size_t{32} << 20, 1.0},
                       tp{65536, std::size_t{128} << 20, 1.0}, tp{1 << 20, std::size_t{128} << 20, 1.0}}) {
     const std::size_t total = t.total * scale;
     cases.push_back({"throughput " + kib(t.chunk) + " chunks",
@@ -44,7 +44,7 @@ std::vector<case_spec> all_cases(const settings& s) {
   }
   // The floor under any readiness-based event loop, for the small chunks.
   for (std::size_t chunk : {std::size_t{64}, std::size_t{4096}}) {
-    const std::size_t total = (chunk == 64 ? std::size_t{2} << 20 : std::size_t{32} << 20) * scale;
+    const std::size_t total = (chunk == 64 ? std::size_t{4} << 20 : std::size_t{32} << 20) * scale;
     cases.push_back({"throughput " + kib(chunk) + " chunks: floor, epoll without Asio",
                      "{\"chunk\": " + std::to_string(chunk) + ", \"bytes\": " + std::to_string(total) +
                          ", \"pipe_capacity\": \"default\"}",
@@ -52,9 +52,21 @@ std::vector<case_spec> all_cases(const settings& s) {
                      [=] { return raw_throughput(chunk, total, 0); },
                      "reference: hand-written non-blocking read/write, epoll_wait only on EAGAIN"});
   }
+  // The same floor at 64 B, its descriptors in epoll only while it waits:
+  // what persistent registration (Asio's, hence coropipe's) costs.
+  {
+    const std::size_t total = (std::size_t{4} << 20) * scale;
+    cases.push_back({"throughput 64 B chunks: floor, registered in epoll only while waiting",
+                     "{\"chunk\": 64, \"bytes\": " + std::to_string(total) + ", \"pipe_capacity\": \"default\"}",
+                     "MB/s", better::higher, std::nullopt,
+                     [=] { return floor_throughput_registered_while_waiting(64, total); },
+                     [=] { return raw_throughput(64, total, 0); },
+                     "reference: the floor above with epoll_ctl ADD before each wait and DEL after (a polled pipe "
+                     "wakes every registered waiter on each write)"});
+  }
   // Without try-first I/O: Asio's own operations.
   for (std::size_t chunk : {std::size_t{64}, std::size_t{4096}}) {
-    const std::size_t total = (chunk == 64 ? std::size_t{2} << 20 : std::size_t{32} << 20) * scale;
+    const std::size_t total = (chunk == 64 ? std::size_t{4} << 20 : std::size_t{32} << 20) * scale;
     cases.push_back({"throughput " + kib(chunk) + " chunks: plain Asio operations",
                      "{\"chunk\": " + std::to_string(chunk) + ", \"bytes\": " + std::to_string(total) +
                          ", \"pipe_capacity\": \"default\"}",
@@ -119,6 +131,23 @@ std::vector<case_spec> all_cases(const settings& s) {
                    "{\"children\": " + std::to_string(forks) + "}", "children/s", better::higher, std::nullopt,
                    [=] { return floor_async_forks(forks); }, [=] { return raw_forks(forks); },
                    "reference: the same child, its pidfd waited for through Asio's reactor, then waitid"});
+  // Where the time of a fork goes: every page either process writes after
+  // the fork is a fault (a copy while both live), so these counts explain
+  // the rates above. Counts barely vary: 200 children are enough.
+  struct fault_row {
+    const char* what;
+    double (*forks)(int);
+  };
+  for (const fault_row& r : {fault_row{"", coropipe_forks}, fault_row{"async floor, ", floor_async_forks}}) {
+    for (const bool parent : {true, false}) {
+      const std::string who = parent ? "parent" : "child";
+      cases.push_back({std::string("fork + wait: page faults per child, ") + r.what + "in the " + who,
+                       "{\"children\": 200}", "faults", better::lower, std::nullopt,
+                       [=] { return fork_faults(r.forks, 200, parent); },
+                       [=] { return fork_faults(raw_forks, 200, parent); },
+                       "reference: minor faults (getrusage) taken by the " + who + " per child"});
+    }
+  }
   // 7. Memory: report-only cases; the target is the value itself.
   const int counted = s.quick ? 100000 : 1000000;
   cases.push_back({"memory: framed_stream allocations/message", "{\"payload\": 16, \"messages\": " + std::to_string(counted) + "}",

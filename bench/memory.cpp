@@ -18,6 +18,23 @@
 
 namespace bench {
 std::uint64_t allocation_count() noexcept;  // alloc_counter.cpp
+void count_allocations(bool on) noexcept;     // alloc_counter.cpp
+
+namespace {
+// Counts allocations while it lives.
+struct counting_allocations {
+  counting_allocations() {
+    count_allocations(true);
+    // A zero must mean "nothing allocated", not "nothing counted".
+    const std::uint64_t before = allocation_count();
+    delete new volatile int(0);
+    if (allocation_count() == before) throw std::runtime_error("the allocation counter does not count");
+  }
+  ~counting_allocations() { count_allocations(false); }
+  counting_allocations(const counting_allocations&) = delete;
+  counting_allocations& operator=(const counting_allocations&) = delete;
+};
+} // namespace
 } // namespace bench
 
 namespace bench {
@@ -65,7 +82,10 @@ double allocations_per_message(int count) {
     }
     end = allocation_count();
   };
-  run(io, sender(), receiver());
+  {
+    const counting_allocations on;
+    run(io, sender(), receiver());
+  }
   return static_cast<double>(end - start) / count;
 }
 
@@ -93,7 +113,10 @@ double channel_allocations_per_message(int count) {
     }
     end = allocation_count();
   };
-  run(io, sender(), receiver());
+  {
+    const counting_allocations on;
+    run(io, sender(), receiver());
+  }
   return static_cast<double>(end - start) / count;
 }
 

@@ -21,6 +21,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
+#include <iostream>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -282,6 +283,44 @@ TEST_CASE("stdio buffered before the fork is printed once") {
   REQUIRE(status);
   CHECK(exit_status::from_wait_status(*status) == exit_status::exited(0));
   CHECK(text == "before the fork;child;parent;");
+}
+
+namespace {
+
+// What a plain child writing to a pipe through std::cout, with or without
+// sync_with_stdio, prints around a fork_child().
+std::string iostream_output_around_a_fork(bool synced_with_stdio) {
+  auto [in, out] = coropipe::pipe();
+  const pid_t pid = coropipe_test::fork_raw([&, &in = in, &out = out] {
+    ::dup2(out.get(), STDOUT_FILENO);
+    in.reset();
+    out.reset();
+    if (!synced_with_stdio) std::ios_base::sync_with_stdio(false);  // cout gets a buffer of its own
+    std::cout << "before the fork;";
+    std::printf("stdio;");
+    asio::io_context io;
+    auto c = coropipe::fork_child(io, [](child_context&) -> awaitable<int> {
+      std::cout << "child;";
+      co_return 0;
+    });
+    const bool ok = run(io, c.async_wait(use_awaitable)).success();
+    std::cout << "parent;" << std::flush;
+    return ok ? 0 : 1;
+  });
+  out.reset();
+  std::string text = coropipe_test::read_all(in.get());
+  auto status = coropipe_test::wait_for_pid(pid, 30s);
+  REQUIRE(status);
+  CHECK(exit_status::from_wait_status(*status) == exit_status::exited(0));
+  return text;
+}
+
+} // namespace
+
+TEST_CASE("iostreams written before the fork are printed once, with or without sync_with_stdio") {
+  CHECK(iostream_output_around_a_fork(true) == "before the fork;stdio;child;parent;");
+  // Unsynchronised, cout and stdio buffer separately: each is flushed, cout first.
+  CHECK(iostream_output_around_a_fork(false) == "before the fork;stdio;child;parent;");
 }
 
 TEST_CASE("handlers installed by the parent are reset to the default in the child") {
