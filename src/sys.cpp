@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <cstdlib>
 #include <string_view>
 
@@ -15,45 +17,73 @@ std::atomic<bool> pidfd_refused{false};
 
 } // namespace
 
-process_status read_process_status() noexcept {
-  // /proc/self/stat is cheaper to produce than /proc/self/status. After the
-  // command name (in parentheses, and free to contain anything) come the
-  // fields from the 3rd on: num_threads is the 20th, sigcatch the 34th.
-  process_status result;
-  const int fd = ::open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return result;
-  char buf[1024];
-  std::size_t len = 0;
-  while (len < sizeof buf) {
-    const ssize_t n = ::read(fd, buf + len, sizeof buf - len);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    len += static_cast<std::size_t>(n);
-  }
-  ::close(fd);
-  const std::string_view text(buf, len);
-  const std::size_t paren = text.rfind(')');
-  if (paren == std::string_view::npos) return result;
-  auto number = [](std::string_view token) {
-    std::uint64_t v = 0;
-    for (char c : token) {
-      if (c < '0' || c > '9') break;
-      v = v * 10 + static_cast<std::uint64_t>(c - '0');
-    }
+namespace {
+
+// One line of /proc/self/status, e.g. "Threads:\t3" or "SigCgt:\t0000000000004a02".
+void status_line(std::string_view line, process_status& out, bool& threads, bool& caught) noexcept {
+  auto value = [&](std::string_view key) -> std::string_view {
+    if (line.substr(0, key.size()) != key) return {};
+    std::string_view v = line.substr(key.size());
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
     return v;
   };
-  std::size_t pos = paren + 2;  // the state, field 3
-  for (int field = 3; pos < text.size(); ++field) {
-    const std::size_t end = text.find(' ', pos);
-    const std::string_view token = text.substr(pos, end == std::string_view::npos ? end : end - pos);
-    if (field == 20) result.threads = static_cast<int>(number(token));
-    if (field == 34) {
-      result.caught = number(token);
-      break;
+  if (std::string_view v = value("Threads:"); !v.empty()) {
+    int n = 0;
+    for (char c : v) {
+      if (c < '0' || c > '9') break;
+      n = n * 10 + (c - '0');
     }
-    if (end == std::string_view::npos) break;
-    pos = end + 1;
+    out.threads = n;
+    threads = true;
+  } else if (std::string_view h = value("SigCgt:"); !h.empty()) {
+    std::uint64_t mask = 0;
+    for (char c : h) {
+      const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+      if (d < 0) break;
+      mask = (mask << 4) | static_cast<std::uint64_t>(d);
+    }
+    out.caught = mask;
+    caught = true;
   }
+}
+
+} // namespace
+
+process_status read_process_status() noexcept {
+  // /proc/self/status, not /proc/self/stat (cheaper to produce, but its
+  // signal masks stop at signal 31: a handler of a real-time signal would
+  // survive in a forked child). Read in small pieces, keeping a partial
+  // line: only two short lines matter, and a child copies every stack page
+  // its parent wrote.
+  process_status result;
+  const int fd = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return result;
+  char buf[256];
+  std::size_t have = 0;
+  bool skipping = false;  // in a line longer than the buffer (Groups:, say): none of ours
+  bool threads = false, caught = false;
+  while (!(threads && caught)) {
+    const ssize_t n = ::read(fd, buf + have, sizeof buf - have);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    have += static_cast<std::size_t>(n);
+    std::size_t start = 0;
+    while (const void* nl = std::memchr(buf + start, '\n', have - start)) {
+      const std::size_t end = static_cast<std::size_t>(static_cast<const char*>(nl) - buf);
+      if (!skipping) status_line(std::string_view(buf + start, end - start), result, threads, caught);
+      skipping = false;
+      start = end + 1;
+    }
+    if (start == 0 && have == sizeof buf) {
+      skipping = true;
+      have = 0;
+      continue;
+    }
+    std::memmove(buf, buf + start, have - start);
+    have -= start;
+  }
+  ::close(fd);
+  if (!threads) result.threads = -1;
   return result;
 }
 

@@ -34,7 +34,7 @@ inline int sys_pidfd_send_signal(int pidfd, int sig) noexcept {
 // What /proc/self/status says of the calling process.
 struct process_status {
   int threads = -1;             // -1 when /proc is unavailable
-  std::uint64_t caught = 0;     // bit (n-1) set: signal n has a handler
+  std::uint64_t caught = 0;     // bit (n-1) set: signal n has a handler (1 to 64)
 };
 process_status read_process_status() noexcept;
 

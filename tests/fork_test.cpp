@@ -337,6 +337,22 @@ TEST_CASE("handlers installed by the parent are reset to the default in the chil
   ::sigaction(SIGUSR1, &old, nullptr);
 }
 
+TEST_CASE("a real-time signal's handler is reset too") {
+  // Above signal 31, where /proc/self/stat's masks stop.
+  const int rt = SIGRTMAX - 1;
+  struct sigaction sa {}, old{};
+  sa.sa_handler = [](int) {};
+  sigemptyset(&sa.sa_mask);
+  REQUIRE(::sigaction(rt, &sa, &old) == 0);
+  asio::io_context io;
+  auto c = coropipe::fork_child(io, [rt](child_context&) -> awaitable<int> {
+    ::raise(rt);  // the default action ends the process
+    co_return 0;
+  });
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::killed(rt));
+  ::sigaction(rt, &old, nullptr);
+}
+
 namespace {
 
 // An intermediate process forks a coropipe child that sleeps for @p sleep and
