@@ -38,7 +38,7 @@ def throughput_chart(cases):
             continue
         chunk = c["params"]["chunk"]
         cap = c["params"]["pipe_capacity"]
-        if "floor" in c["name"]:
+        if c["name"].endswith("floor, epoll without Asio"):
             series["floor: epoll without Asio"][chunk] = c["coropipe"]
         elif ":" in c["name"]:
             continue  # other reference rows (e.g. plain Asio operations)
@@ -105,11 +105,12 @@ def ratio_chart(cases):
     if not rows:
         return None
     height = PAD + 28 * len(rows) + 40
-    left = 320
+    left = max(320, 20 + int(6.6 * max(len(r["name"]) for r in rows)))  # room for the longest label
+    width = left + 600
     top = max([r["ratio"] for r in rows] + [r["target"] or 0 for r in rows]) * 1.1
     def px(v):
-        return left + v / top * (W + 200 - left - 40)
-    body = [text((W + 200) / 2, 24, "coropipe / raw baseline (higher is better; | marks the target)", size=15, weight="bold")]
+        return left + v / top * (width - left - 60)
+    body = [text(width / 2, 24, "coropipe / raw baseline (higher is better; | marks the target)", size=15, weight="bold")]
     for i, r in enumerate(rows):
         y = PAD + 28 * i
         met = r.get("met")
@@ -122,7 +123,7 @@ def ratio_chart(cases):
                         f'stroke="black" stroke-width="2"/>')
     body.append(f'<line x1="{px(1):.1f}" y1="{PAD - 8}" x2="{px(1):.1f}" y2="{height - 30}" stroke="#999" stroke-dasharray="4"/>')
     body.append(text(px(1), height - 14, "1.0 = as fast as raw"))
-    return svg(W + 200, height, body)
+    return svg(width, height, body)
 
 
 def fmt(v):

@@ -442,26 +442,30 @@ void reap(pid_t pid) noexcept {
   }
 }
 
-// An mmap()ed stack for the child, with a guard page below it.
+// An mmap()ed stack for the child, with a guard page below it, mapped on
+// first use and kept (see spawn_impl).
 class child_stack {
 public:
   static constexpr std::size_t size = std::size_t{64} << 10;
 
-  child_stack() {
-    page_ = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-    void* p = ::mmap(nullptr, size + page_, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (p == MAP_FAILED) return;
-    base_ = static_cast<char*>(p);
-    ::mprotect(base_, page_, PROT_NONE);
-  }
+  child_stack() noexcept = default;
   ~child_stack() {
     if (base_ != nullptr) ::munmap(base_, size + page_);
   }
   child_stack(const child_stack&) = delete;
   child_stack& operator=(const child_stack&) = delete;
 
-  explicit operator bool() const noexcept { return base_ != nullptr; }
+  // Maps it if it is not yet; false (errno set) if mmap fails.
+  bool acquire() noexcept {
+    if (base_ != nullptr) return true;
+    page_ = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    void* p = ::mmap(nullptr, size + page_, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (p == MAP_FAILED) return false;
+    base_ = static_cast<char*>(p);
+    ::mprotect(base_, page_, PROT_NONE);
+    return true;
+  }
   void* top() const noexcept { return base_ + page_ + size; }
 
 private:
@@ -588,8 +592,12 @@ process spawn_impl(const asio::any_io_executor& ex, spawn_options& opts, std::er
     args.candidate_count = cand_ptrs.size();
     args.searched = program.find('/') == std::string::npos;
 
-    child_stack stack;
-    if (!stack) {
+    // The stack is kept for the thread's next spawn: its pages stay
+    // mapped, so a child does not fault them in afresh (nor the parent pay
+    // for mmap, mprotect and munmap) every time. With CLONE_VFORK the
+    // child is done with it once clone() returns.
+    thread_local child_stack stack;
+    if (!stack.acquire()) {
       ec = last_error();
       what = "mmap";
       return process(ex);
