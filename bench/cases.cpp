@@ -607,7 +607,10 @@ void nb_read_exact(int ep, int fd, char* data, std::size_t size) {
 
 } // namespace
 
-double floor_throughput(std::size_t chunk, std::size_t total) {
+// Case 1's transfer with each side written either way: the hand-written
+// floor (non-blocking system calls, epoll_wait on EAGAIN) or coropipe's
+// operations on an io_context, so that the costs of each side show apart.
+double mixed_throughput(std::size_t chunk, std::size_t total, side reader, side writer) {
   int data[2], go[2];
   if (::pipe2(data, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) fail("pipe2");
   const pid_t pid = ::fork();
@@ -616,28 +619,82 @@ double floor_throughput(std::size_t chunk, std::size_t total) {
     pin_child();
     ::close(data[0]);
     ::close(go[1]);
-    const int ep = epoll_for(data[1]);
     std::vector<char> buf(chunk, 'x');
     char b;
     read_exact(go[0], &b, 1);
-    for (std::size_t sent = 0; sent < total; sent += chunk)
-      nb_write_all(ep, data[1], buf.data(), std::min(chunk, total - sent));
+    if (writer == side::floor) {
+      const int ep = epoll_for(data[1]);
+      for (std::size_t sent = 0; sent < total; sent += chunk)
+        nb_write_all(ep, data[1], buf.data(), std::min(chunk, total - sent));
+    } else {
+      asio::io_context io(1);
+      auto out = coropipe::attach(io, unique_fd(data[1]));
+      run_to_completion(io, [&]() -> awaitable<int> {
+        for (std::size_t sent = 0; sent < total; sent += chunk)
+          co_await coropipe::async_write(out, asio::buffer(buf.data(), std::min(chunk, total - sent)), use_awaitable);
+        co_return 0;
+      }());
+    }
     ::_exit(0);
   }
   ::close(data[1]);
   ::close(go[0]);
-  const int ep = epoll_for(data[0]);
   std::vector<char> buf(chunk);
-  const auto t0 = clock::now();
-  write_all(go[1], "g", 1);
-  std::size_t got = 0;
-  while (got < total) got += nb_read_some(ep, data[0], buf.data(), chunk);
-  const double secs = seconds_since(t0);
+  double secs = 0;
+  if (reader == side::floor) {
+    const int ep = epoll_for(data[0]);
+    const auto t0 = clock::now();
+    write_all(go[1], "g", 1);
+    std::size_t got = 0;
+    while (got < total) got += nb_read_some(ep, data[0], buf.data(), chunk);
+    secs = seconds_since(t0);
+    ::close(ep);
+    ::close(data[0]);
+  } else {
+    asio::io_context io(1);
+    auto in = coropipe::attach(io, unique_fd(data[0]));
+    secs = run_to_completion(io, [&]() -> awaitable<double> {
+      const auto t0 = clock::now();
+      write_all(go[1], "g", 1);
+      std::size_t got = 0;
+      while (got < total) got += co_await coropipe::async_read_some(in, asio::buffer(buf), use_awaitable);
+      co_return seconds_since(t0);
+    }());
+  }
   reap(pid);
-  ::close(ep);
-  ::close(data[0]);
   ::close(go[1]);
   return static_cast<double>(total) / secs / 1e6;
+}
+
+// What one co_await of an operation costs beyond its system call: 4 KiB
+// reads of /dev/zero (never empty, never polled), nanoseconds per read.
+double raw_zero_reads(int count) {
+  const int fd = ::open("/dev/zero", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("open /dev/zero");
+  std::vector<char> buf(4096);
+  const auto t0 = clock::now();
+  for (int i = 0; i < count; ++i)
+    if (::read(fd, buf.data(), buf.size()) <= 0) fail("read");
+  const double secs = seconds_since(t0);
+  ::close(fd);
+  return secs / count * 1e9;
+}
+
+double coropipe_zero_reads(int count) {
+  const int fd = ::open("/dev/zero", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("open /dev/zero");
+  asio::io_context io(1);
+  auto in = coropipe::attach(io, unique_fd(fd));
+  std::vector<char> buf(4096);
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    const auto t0 = clock::now();
+    for (int i = 0; i < count; ++i) co_await coropipe::async_read_some(in, asio::buffer(buf), use_awaitable);
+    co_return seconds_since(t0) / count * 1e9;
+  }());
+}
+
+double floor_throughput(std::size_t chunk, std::size_t total) {
+  return mixed_throughput(chunk, total, side::floor, side::floor);
 }
 
 double floor_throughput_registered_while_waiting(std::size_t chunk, std::size_t total) {

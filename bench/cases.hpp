@@ -25,6 +25,11 @@ double fork_faults(double (*forks)(int), int count, bool parent);
 double raw_spawns(int count);
 // Floors: hand-written non-blocking I/O with epoll, no Asio (see cases.cpp).
 double floor_throughput(std::size_t chunk, std::size_t total);
+// How one side of case 1 is written: the hand-written floor, or coropipe.
+enum class side { floor, coropipe };
+double mixed_throughput(std::size_t chunk, std::size_t total, side reader, side writer);
+double raw_zero_reads(int count);
+double coropipe_zero_reads(int count);
 double floor_throughput_registered_while_waiting(std::size_t chunk, std::size_t total);
 double floor_ping_pong(int rounds);
 // What the optimisations bought: the same cases without them.

@@ -64,6 +64,30 @@ std::vector<case_spec> all_cases(const settings& s) {
                      "reference: the floor above with epoll_ctl ADD before each wait and DEL after (a polled pipe "
                      "wakes every registered waiter on each write)"});
   }
+  // 4 KiB with the sides mixed: which side's per-operation cost shows.
+  {
+    const std::size_t total = (std::size_t{32} << 20) * scale;
+    for (const bool coropipe_reads : {true, false}) {
+      cases.push_back({coropipe_reads ? "throughput 4 KiB chunks: coropipe reader, floor writer"
+                                      : "throughput 4 KiB chunks: floor reader, coropipe writer",
+                       "{\"chunk\": 4096, \"bytes\": " + std::to_string(total) + ", \"pipe_capacity\": \"default\"}",
+                       "MB/s", better::higher, std::nullopt,
+                       [=] {
+                         return coropipe_reads ? mixed_throughput(4096, total, side::coropipe, side::floor)
+                                               : mixed_throughput(4096, total, side::floor, side::coropipe);
+                       },
+                       [=] { return raw_throughput(4096, total, 0); },
+                       "reference: one side through coropipe's operations, the other hand-written as the floor"});
+    }
+  }
+  // The price of one co_await per operation, without a pipe in the way.
+  {
+    const int reads = s.quick ? 200000 : 1000000;
+    cases.push_back({"read 4 KiB: per-operation cost, /dev/zero", "{\"reads\": " + std::to_string(reads) + "}",
+                     "ns/read", better::lower, std::nullopt, [=] { return coropipe_zero_reads(reads); },
+                     [=] { return raw_zero_reads(reads); },
+                     "reference: co_await coropipe::async_read_some against read(2), on a descriptor that never waits"});
+  }
   // Without try-first I/O: Asio's own operations.
   for (std::size_t chunk : {std::size_t{64}, std::size_t{4096}}) {
     const std::size_t total = (chunk == 64 ? std::size_t{4} << 20 : std::size_t{32} << 20) * scale;
