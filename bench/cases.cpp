@@ -693,6 +693,24 @@ double coropipe_zero_reads(int count) {
   }());
 }
 
+namespace {
+// An awaitable that does nothing: what Asio's coroutine machinery costs alone.
+__attribute__((noinline)) awaitable<std::size_t> nothing(std::size_t x) { co_return x; }
+} // namespace
+
+// Nanoseconds per co_await of an asio::awaitable that completes at once.
+double empty_co_awaits(int count) {
+  asio::io_context io(1);
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    std::size_t sum = 0;
+    const auto t0 = clock::now();
+    for (int i = 0; i < count; ++i) sum += co_await nothing(static_cast<std::size_t>(i));
+    const double ns = seconds_since(t0) / count * 1e9;
+    if (sum == 0 && count > 1) throw std::runtime_error("optimised away");
+    co_return ns;
+  }());
+}
+
 double floor_throughput(std::size_t chunk, std::size_t total) {
   return mixed_throughput(chunk, total, side::floor, side::floor);
 }

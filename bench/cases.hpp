@@ -30,6 +30,7 @@ enum class side { floor, coropipe };
 double mixed_throughput(std::size_t chunk, std::size_t total, side reader, side writer);
 double raw_zero_reads(int count);
 double coropipe_zero_reads(int count);
+double empty_co_awaits(int count);
 double floor_throughput_registered_while_waiting(std::size_t chunk, std::size_t total);
 double floor_ping_pong(int rounds);
 // What the optimisations bought: the same cases without them.

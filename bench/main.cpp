@@ -87,6 +87,10 @@ std::vector<case_spec> all_cases(const settings& s) {
                      "ns/read", better::lower, std::nullopt, [=] { return coropipe_zero_reads(reads); },
                      [=] { return raw_zero_reads(reads); },
                      "reference: co_await coropipe::async_read_some against read(2), on a descriptor that never waits"});
+    cases.push_back({"co_await of an empty asio::awaitable", "{\"awaits\": " + std::to_string(reads * 4) + "}",
+                     "ns/await", better::lower, std::nullopt, [=] { return empty_co_awaits(reads * 4); }, {},
+                     "reference: Asio's coroutine machinery alone (a frame, two resumptions), the floor under any "
+                     "co_await'ed operation"});
   }
   // Without try-first I/O: Asio's own operations.
   for (std::size_t chunk : {std::size_t{64}, std::size_t{4096}}) {
