@@ -15,10 +15,6 @@ namespace {
 
 std::atomic<bool> pidfd_refused{false};
 
-} // namespace
-
-namespace {
-
 // One line of /proc/self/status, e.g. "Threads:\t3" or "SigCgt:\t0000000000004a02".
 void status_line(std::string_view line, process_status& out, bool& threads, bool& caught) noexcept {
   auto value = [&](std::string_view key) -> std::string_view {
