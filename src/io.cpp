@@ -12,7 +12,6 @@ namespace coropipe::detail {
 namespace {
 
 thread_local bool sigpipe_checked = false;
-thread_local unsigned immediate_completions = 0;
 
 std::error_code errno_code(int err) noexcept {
   if (err == EAGAIN || err == EWOULDBLOCK) return asio::error::would_block;
@@ -21,18 +20,19 @@ std::error_code errno_code(int err) noexcept {
 
 } // namespace
 
-std::size_t try_read(int fd, void* data, std::size_t size, std::error_code& ec) noexcept {
+std::size_t read_outcome(::ssize_t r, int err, std::error_code& ec) noexcept {
   ec.clear();
+  if (r > 0) return static_cast<std::size_t>(r);
+  if (r == 0) ec = asio::error::eof;
+  else ec = errno_code(err);
+  return 0;
+}
+
+std::size_t try_read(int fd, void* data, std::size_t size, std::error_code& ec) noexcept {
   for (;;) {
     const ssize_t n = ::read(fd, data, size);
-    if (n > 0) return static_cast<std::size_t>(n);
-    if (n == 0) {
-      ec = asio::error::eof;
-      return 0;
-    }
-    if (errno == EINTR) continue;
-    ec = errno_code(errno);
-    return 0;
+    if (n < 0 && errno == EINTR) continue;
+    return read_outcome(n, n < 0 ? errno : 0, ec);
   }
 }
 
@@ -54,13 +54,5 @@ void ensure_sigpipe_blocked() noexcept {
   block_sigpipe_in_this_thread();
   sigpipe_checked = true;
 }
-
-bool should_yield() noexcept {
-  if (++immediate_completions < yield_period) return false;
-  immediate_completions = 0;
-  return true;
-}
-
-void note_wait() noexcept { immediate_completions = 0; }
 
 } // namespace coropipe::detail

@@ -36,7 +36,10 @@
 #include <asio/post.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <sys/types.h>
 #include <sys/uio.h>
+
+#include <cerrno>
 
 #include <concepts>
 #include <cstddef>
@@ -73,11 +76,22 @@ void ensure_sigpipe_blocked() noexcept;
 // How many consecutive immediate completions on a thread go by before the
 // next one yields (posts its completion).
 inline constexpr unsigned yield_period = 256;
-// Counts consecutive immediate completions on this thread; true when the
-// caller should yield before completing.
-bool should_yield() noexcept;
+// Consecutive immediate completions on this thread. Inline, with the two
+// functions below: they run on every operation.
+inline thread_local unsigned immediate_completions = 0;
+// Counts one more immediate completion; true when the caller should yield
+// before completing.
+inline bool should_yield() noexcept {
+  if (++immediate_completions < yield_period) [[likely]] return false;
+  immediate_completions = 0;
+  return true;
+}
 // Resets the count: the thread is about to wait.
-void note_wait() noexcept;
+inline void note_wait() noexcept { immediate_completions = 0; }
+
+// What a read(2) that returned @p r (with errno @p err when r < 0) means:
+// bytes read, or ec set to eof, would_block or the errno.
+std::size_t read_outcome(::ssize_t r, int err, std::error_code& ec) noexcept;
 
 template <typename Stream>
 void prepare(Stream& s) {
@@ -126,27 +140,54 @@ inline constexpr bool is_as_tuple_use_awaitable =
 template <bool Throw>
 using read_some_result = std::conditional_t<Throw, std::size_t, std::tuple<std::error_code, std::size_t>>;
 
-template <bool Throw, typename Stream>
-asio::awaitable<read_some_result<Throw>> read_some_coro(Stream& s, asio::mutable_buffer b) {
-  prepare(s);
-  std::error_code ec;
-  std::size_t n = 0;
-  if (b.size() != 0) {
-    for (;;) {
-      n = try_read(s.native_handle(), b.data(), b.size(), ec);
-      if (ec != asio::error::would_block) break;
-      note_wait();
-      std::tie(ec) = co_await s.async_wait(Stream::wait_read, asio::experimental::as_tuple(asio::use_awaitable));
-      if (ec) break;
-    }
-    if (!ec && should_yield()) co_await asio::post(s.get_executor(), asio::use_awaitable);
-  }
+template <bool Throw>
+read_some_result<Throw> read_some_value(std::error_code ec, std::size_t n) {
   if constexpr (Throw) {
     if (ec) throw std::system_error(ec, "coropipe::async_read_some");
-    co_return n;
+    return n;
   } else {
-    co_return std::tuple{ec, n};
+    return {ec, n};
   }
+}
+
+// The rest of a read whose first read(2) returned @p r (errno @p err):
+// waits for data (again and again: readiness can be spurious) or yields.
+template <bool Throw, typename Stream>
+asio::awaitable<read_some_result<Throw>> read_some_rest(Stream& s, asio::mutable_buffer b, ::ssize_t r, int err) {
+  std::error_code ec;
+  std::size_t n = 0;
+  for (;;) {
+    if (r < 0 && err == EINTR) {
+      r = ::read(s.native_handle(), b.data(), b.size());
+      err = r < 0 ? errno : 0;
+      continue;
+    }
+    n = read_outcome(r, err, ec);
+    if (ec != asio::error::would_block) break;
+    note_wait();
+    std::tie(ec) = co_await s.async_wait(Stream::wait_read, asio::experimental::as_tuple(asio::use_awaitable));
+    if (ec) break;
+    r = ::read(s.native_handle(), b.data(), b.size());
+    err = r < 0 ? errno : 0;
+    if (r > 0 && !should_yield()) co_return read_some_value<Throw>(ec, static_cast<std::size_t>(r));
+  }
+  if (!ec) co_await asio::post(s.get_executor(), asio::use_awaitable);  // the yield that was due
+  co_return read_some_value<Throw>(ec, n);
+}
+
+// The usual case, data at hand, costs one read(2) and this frame; anything
+// else continues in read_some_rest.
+template <bool Throw, typename Stream>
+asio::awaitable<read_some_result<Throw>> read_some_coro(Stream& s, asio::mutable_buffer b) {
+  if (b.size() == 0) co_return read_some_value<Throw>(std::error_code(), 0);
+  prepare(s);
+  const ::ssize_t r = ::read(s.native_handle(), b.data(), b.size());
+  if (r > 0 && !should_yield()) [[likely]] {
+    // No std::error_code on this path: making one calls into libstdc++.
+    if constexpr (Throw) co_return static_cast<std::size_t>(r);
+    else co_return read_some_result<false>{std::error_code(), static_cast<std::size_t>(r)};
+  }
+  co_return co_await read_some_rest<Throw>(s, b, r, r < 0 ? errno : 0);
 }
 
 template <typename Stream>
