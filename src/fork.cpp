@@ -115,32 +115,16 @@ bool kept(std::span<const int> keep, int fd) noexcept {
   return std::find(keep.begin(), keep.end(), fd) != keep.end();
 }
 
-// Calls fn(fd) for every open descriptor above 2: one poll(2) over the
-// descriptor range when the soft RLIMIT_NOFILE is small enough (closed
-// slots answer POLLNVAL), otherwise a listing of /proc/self/fd, otherwise
-// every number below min(limit, 65536).
+// Calls fn(fd) for every open descriptor above 2: from a listing of
+// /proc/self/fd, otherwise for every number below min(RLIMIT_NOFILE, 65536)
+// that fcntl(2) knows.
 template <typename Fn>
-void for_each_open_fd(Fn&& fn, std::vector<pollfd>* scratch) noexcept {
-  rlimit lim{};
-  rlim_t top = 1024;
-  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0) top = lim.rlim_cur == RLIM_INFINITY ? rlim_t{1} << 20 : lim.rlim_cur;
-  if (scratch != nullptr && top <= 4096) {
-    try {
-      scratch->resize(static_cast<std::size_t>(top));
-    } catch (...) {
-      scratch = nullptr;
-    }
-    if (scratch != nullptr) {
-      for (std::size_t i = 0; i < scratch->size(); ++i) (*scratch)[i] = pollfd{static_cast<int>(i), 0, 0};
-      if (::poll(scratch->data(), scratch->size(), 0) >= 0) {
-        for (const pollfd& p : *scratch)
-          if (p.fd > STDERR_FILENO && (p.revents & POLLNVAL) == 0) fn(p.fd);
-        return;
-      }
-    }
-  }
+void for_each_open_fd(Fn&& fn) noexcept {
   const int dir = ::open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir < 0) {
+    rlimit lim{};
+    rlim_t top = 1024;
+    if (::getrlimit(RLIMIT_NOFILE, &lim) == 0) top = lim.rlim_cur == RLIM_INFINITY ? rlim_t{1} << 20 : lim.rlim_cur;
     top = std::min<rlim_t>(top, 65536);
     for (int fd = STDERR_FILENO + 1; static_cast<rlim_t>(fd) < top; ++fd)
       if (::fcntl(fd, F_GETFD) >= 0) fn(fd);
@@ -174,14 +158,33 @@ bool close_on_exec(int fd) noexcept {
 
 // The close-on-exec descriptors to close in a child, listed in the parent
 // just before the fork (a fresh child's /proc/self/fd costs ten times more
-// than the parent's, whose entries are already built).
-bool list_descriptors_to_close(std::span<const int> keep, std::vector<int>& out) noexcept {
-  thread_local std::vector<pollfd> scratch;
-  out.clear();
+// than the parent's, whose entries are already built), in out[i].fd.
+//
+// One poll(2) over the descriptor table finds the open ones (closed slots
+// answer POLLNVAL) when the table is small: its size is @p table_size
+// (FDSize in /proc/self/status, no open descriptor is at or above it), else
+// the soft RLIMIT_NOFILE. The list is made in the polled array itself:
+// after a fork every page the parent writes costs it a fault. Otherwise
+// /proc/self/fd is listed.
+bool list_descriptors_to_close(std::span<const int> keep, int table_size, std::vector<pollfd>& out) noexcept {
   try {
+    rlimit lim{};
+    rlim_t top = static_cast<rlim_t>(table_size);
+    if (table_size <= 0) top = ::getrlimit(RLIMIT_NOFILE, &lim) != 0 ? 1024 : lim.rlim_cur;
+    if (top <= 4096) {
+      out.resize(static_cast<std::size_t>(top));
+      for (std::size_t i = 0; i < out.size(); ++i) out[i] = pollfd{static_cast<int>(i), 0, 0};
+      if (::poll(out.data(), out.size(), 0) >= 0) {
+        std::erase_if(out, [&](const pollfd& p) {
+          return p.fd <= STDERR_FILENO || (p.revents & POLLNVAL) != 0 || kept(keep, p.fd) || !close_on_exec(p.fd);
+        });
+        return true;
+      }
+    }
+    out.clear();
     for_each_open_fd([&](int fd) {
-      if (!kept(keep, fd) && close_on_exec(fd)) out.push_back(fd);
-    }, &scratch);
+      if (!kept(keep, fd) && close_on_exec(fd)) out.push_back(pollfd{fd, 0, 0});
+    });
   } catch (...) {
     return false;
   }
@@ -193,7 +196,7 @@ bool list_descriptors_to_close(std::span<const int> keep, std::vector<int>& out)
 void close_inherited_descriptors(std::span<const int> keep) noexcept {
   for_each_open_fd([&](int fd) {
     if (!kept(keep, fd) && close_on_exec(fd)) ::close(fd);
-  }, nullptr);
+  });
 }
 
 // A fork copies the parent's memory lazily: every page the child writes is
@@ -260,7 +263,7 @@ int run_child_body(asio::io_context& io, child_body body, pid_t parent) noexcept
 }
 
 // to_close: the descriptors listed by the parent, or nullptr to find them here.
-[[noreturn]] void child_main(const fork_options& opts, std::span<const int> keep, const std::vector<int>* to_close,
+[[noreturn]] void child_main(const fork_options& opts, std::span<const int> keep, const std::vector<pollfd>* to_close,
                              child_body body, pid_t parent, std::uint64_t caught) noexcept {
   if (opts.parent_death_signal > 0) {
     // If the parent died before prctl took effect, nobody will send the
@@ -272,7 +275,7 @@ int run_child_body(asio::io_context& io, child_body body, pid_t parent) noexcept
   }
   reset_caught_signals(caught);
   if (to_close != nullptr) {
-    for (int fd : *to_close) ::close(fd);
+    for (const pollfd& p : *to_close) ::close(p.fd);
   } else {
     close_inherited_descriptors(keep);
   }
@@ -312,9 +315,9 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
   // Without threads of the application's, nothing but this thread creates
   // descriptors before the fork, so the list made here is exact (coropipe's
   // reaper only closes its pidfds, whose numbers nobody reuses meanwhile).
-  thread_local std::vector<int> to_close;
+  thread_local std::vector<pollfd> to_close;
   const bool own_threads_only = ps.threads >= 1 && ps.threads <= 1 + internal_thread_count() + runtime_threads();
-  const bool listed = own_threads_only && list_descriptors_to_close(keep_fds, to_close);
+  const bool listed = own_threads_only && list_descriptors_to_close(keep_fds, ps.fd_table_size, to_close);
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {

@@ -15,6 +15,15 @@ namespace {
 
 std::atomic<bool> pidfd_refused{false};
 
+int decimal(std::string_view v) noexcept {
+  int n = 0;
+  for (char c : v) {
+    if (c < '0' || c > '9') break;
+    n = n * 10 + (c - '0');
+  }
+  return n;
+}
+
 // One line of /proc/self/status, e.g. "Threads:\t3" or "SigCgt:\t0000000000004a02".
 void status_line(std::string_view line, process_status& out, bool& threads, bool& caught) noexcept {
   auto value = [&](std::string_view key) -> std::string_view {
@@ -24,13 +33,10 @@ void status_line(std::string_view line, process_status& out, bool& threads, bool
     return v;
   };
   if (std::string_view v = value("Threads:"); !v.empty()) {
-    int n = 0;
-    for (char c : v) {
-      if (c < '0' || c > '9') break;
-      n = n * 10 + (c - '0');
-    }
-    out.threads = n;
+    out.threads = decimal(v);
     threads = true;
+  } else if (std::string_view f = value("FDSize:"); !f.empty()) {
+    if (const int size = decimal(f); size > 0) out.fd_table_size = size;
   } else if (std::string_view h = value("SigCgt:"); !h.empty()) {
     std::uint64_t mask = 0;
     for (char c : h) {

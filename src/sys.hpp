@@ -35,6 +35,7 @@ inline int sys_pidfd_send_signal(int pidfd, int sig) noexcept {
 struct process_status {
   int threads = -1;             // -1 when /proc is unavailable
   std::uint64_t caught = 0;     // bit (n-1) set: signal n has a handler (1 to 64)
+  int fd_table_size = -1;       // FDSize: every open descriptor is below it (-1: unknown)
 };
 process_status read_process_status() noexcept;
 

@@ -15,6 +15,7 @@
 
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -188,6 +189,39 @@ TEST_CASE("descriptors: the child keeps only 0-2, what it was handed, and non-cl
   CHECK(after.size() == before.size());
   CHECK((std::find(after.begin(), after.end(), handed) == after.end() ||
          coropipe_test::fd_target(handed).find("pidfd") != std::string::npos));
+}
+
+TEST_CASE("descriptors: high numbers are found in a grown table, even above the soft limit") {
+  // coropipe finds the descriptors to close with one poll(2) over the
+  // descriptor table, whose size it reads from /proc/self/status; a number
+  // far above the usual table, or above RLIMIT_NOFILE, must not escape it.
+  auto [p_in, p_out] = coropipe::pipe();
+  const int cloexec = ::fcntl(p_in.get(), F_DUPFD_CLOEXEC, 700);
+  REQUIRE(cloexec >= 700);
+  unique_fd cloexec_guard(cloexec);
+  const int inheritable = ::fcntl(p_out.get(), F_DUPFD, 900);
+  REQUIRE(inheritable >= 900);
+  unique_fd inheritable_guard(inheritable);
+
+  auto child_sees = [&](const char* what) {
+    INFO(what);
+    asio::io_context io;
+    auto c = coropipe::fork_child(io, [cloexec, inheritable](child_context&) -> awaitable<int> {
+      const bool closed = ::fcntl(cloexec, F_GETFD) < 0 && errno == EBADF;
+      const bool kept = ::fcntl(inheritable, F_GETFD) >= 0;
+      co_return (closed ? 0 : 1) + (kept ? 0 : 2);
+    });
+    CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(0));
+  };
+  child_sees("default limit");
+
+  rlimit old{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &old) == 0);
+  rlimit low = old;
+  low.rlim_cur = 64;  // below both descriptors, and below the table's size
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+  child_sees("soft limit 64");
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &old) == 0);
 }
 
 TEST_CASE("each child closes the other children's pipes, so every stream ends on its own") {
