@@ -440,18 +440,20 @@ double floor_forks(int count) {
   return count / seconds_since(t0);
 }
 
-// The same child, waited for the way an event loop must (without blocking
-// its thread): the child's pidfd registered with Asio's reactor, then
+namespace {
+
+// fork, then the child's pidfd waited for the way an event loop must
+// (without blocking its thread): registered with Asio's reactor, then
 // waitid(2). The parent keeps running while the child lives, so its own
 // writes to pages it shares with the child are copied, as in coropipe.
-double floor_async_forks(int count) {
+double async_forks(int count, void (*child)()) {
   asio::io_context io(1);
   return run_to_completion(io, [&]() -> awaitable<double> {
     const auto t0 = clock::now();
     for (int i = 0; i < count; ++i) {
       const pid_t pid = ::fork();
       if (pid < 0) fail("fork");
-      if (pid == 0) trivial_asio_child();
+      if (pid == 0) child();
       const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
       if (pidfd < 0) fail("pidfd_open");
       asio::posix::stream_descriptor waiter(io, pidfd);
@@ -463,6 +465,18 @@ double floor_async_forks(int count) {
     co_return count / seconds_since(t0);
   }());
 }
+
+// The raw child: it runs no code of its own.
+[[noreturn]] void exiting_child() { ::_exit(0); }
+
+} // namespace
+
+// The Asio child, waited for asynchronously.
+double floor_async_forks(int count) { return async_forks(count, trivial_asio_child); }
+
+// The raw child, waited for asynchronously: what waiting without blocking
+// costs by itself, the ceiling of any awaited child.
+double floor_exit_forks(int count) { return async_forks(count, exiting_child); }
 
 double coropipe_forks(int count) {
   asio::io_context io(1);

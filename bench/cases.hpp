@@ -21,6 +21,7 @@ double raw_forks(int count);
 double coropipe_forks(int count);
 double floor_forks(int count);
 double floor_async_forks(int count);
+double floor_exit_forks(int count);
 double fork_faults(double (*forks)(int), int count, bool parent);
 double raw_spawns(int count);
 // Floors: hand-written non-blocking I/O with epoll, no Asio (see cases.cpp).

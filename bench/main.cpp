@@ -159,6 +159,11 @@ std::vector<case_spec> all_cases(const settings& s) {
                    "{\"children\": " + std::to_string(forks) + "}", "children/s", better::higher, std::nullopt,
                    [=] { return floor_async_forks(forks); }, [=] { return raw_forks(forks); },
                    "reference: the same child, its pidfd waited for through Asio's reactor, then waitid"});
+  cases.push_back({"fork + wait: floor, child that only exits, pidfd wait through Asio",
+                   "{\"children\": " + std::to_string(forks) + "}", "children/s", better::higher, std::nullopt,
+                   [=] { return floor_exit_forks(forks); }, [=] { return raw_forks(forks); },
+                   "reference: the raw child (fork, _exit), waited for through Asio's reactor and its pidfd, then "
+                   "waitid: the most any awaited child can reach"});
   // Where the time of a fork goes: every page either process writes after
   // the fork is a fault (a copy while both live), so these counts explain
   // the rates above. Counts barely vary: 200 children are enough.
