@@ -533,6 +533,33 @@ double coropipe_spawns(int count) {
   }());
 }
 
+// posix_spawn, then the program waited for the way an event loop must: its
+// pidfd through Asio's reactor, then waitid(2).
+double floor_async_spawns(int count) {
+  char arg0[] = "/bin/true";
+  char* argv[] = {arg0, nullptr};
+  asio::io_context io(1);
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    const auto t0 = clock::now();
+    for (int i = 0; i < count; ++i) {
+      pid_t pid = -1;
+      const int r = ::posix_spawn(&pid, arg0, nullptr, nullptr, argv, environ);
+      if (r != 0) {
+        errno = r;
+        fail("posix_spawn");
+      }
+      const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+      if (pidfd < 0) fail("pidfd_open");
+      asio::posix::stream_descriptor waiter(io, pidfd);
+      co_await waiter.async_wait(asio::posix::stream_descriptor::wait_read, use_awaitable);
+      siginfo_t info{};
+      if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED) != 0) fail("waitid");
+      if (info.si_code != CLD_EXITED || info.si_status != 0) throw std::runtime_error("/bin/true failed");
+    }
+    co_return count / seconds_since(t0);
+  }());
+}
+
 big_parent::big_parent(std::size_t bytes) : size_(bytes) {
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) fail("mmap");
@@ -705,6 +732,31 @@ double coropipe_zero_reads(int count) {
     for (int i = 0; i < count; ++i) co_await coropipe::async_read_some(in, asio::buffer(buf), use_awaitable);
     co_return seconds_since(t0) / count * 1e9;
   }());
+}
+
+namespace {
+// One read(2) in a coroutine of its own, and nothing else.
+__attribute__((noinline)) awaitable<std::size_t> plain_read(int fd, char* data, std::size_t size) {
+  const ssize_t n = ::read(fd, data, size);
+  co_return n > 0 ? static_cast<std::size_t>(n) : 0;
+}
+} // namespace
+
+// The same reads, each in a plain coroutine around read(2): the least any
+// co_await'ed read costs, whatever the library.
+double plain_coroutine_zero_reads(int count) {
+  const int fd = ::open("/dev/zero", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("open /dev/zero");
+  asio::io_context io(1);
+  std::vector<char> buf(4096);
+  const double ns = run_to_completion(io, [&]() -> awaitable<double> {
+    const auto t0 = clock::now();
+    for (int i = 0; i < count; ++i)
+      if (co_await plain_read(fd, buf.data(), buf.size()) == 0) fail("read");
+    co_return seconds_since(t0) / count * 1e9;
+  }());
+  ::close(fd);
+  return ns;
 }
 
 namespace {

@@ -31,6 +31,7 @@ enum class side { floor, coropipe };
 double mixed_throughput(std::size_t chunk, std::size_t total, side reader, side writer);
 double raw_zero_reads(int count);
 double coropipe_zero_reads(int count);
+double plain_coroutine_zero_reads(int count);
 double empty_co_awaits(int count);
 double floor_throughput_registered_while_waiting(std::size_t chunk, std::size_t total);
 double floor_ping_pong(int rounds);
@@ -38,6 +39,7 @@ double floor_ping_pong(int rounds);
 double plain_asio_throughput(std::size_t chunk, std::size_t total);
 double unbatched_messages(int count);
 double coropipe_spawns(int count);
+double floor_async_spawns(int count);
 
 // A parent with a large resident set: @p bytes of anonymous memory, every
 // page touched, held while the object lives.

@@ -87,6 +87,11 @@ std::vector<case_spec> all_cases(const settings& s) {
                      "ns/read", better::lower, std::nullopt, [=] { return coropipe_zero_reads(reads); },
                      [=] { return raw_zero_reads(reads); },
                      "reference: co_await coropipe::async_read_some against read(2), on a descriptor that never waits"});
+    cases.push_back({"read 4 KiB: per-operation cost, plain coroutine around read(2)",
+                     "{\"reads\": " + std::to_string(reads) + "}", "ns/read", better::lower, std::nullopt,
+                     [=] { return plain_coroutine_zero_reads(reads); }, [=] { return raw_zero_reads(reads); },
+                     "reference: read(2) alone in a coroutine of its own, co_await'ed: the least any co_await'ed "
+                     "read costs"});
     cases.push_back({"co_await of an empty asio::awaitable", "{\"awaits\": " + std::to_string(reads * 4) + "}",
                      "ns/await", better::lower, std::nullopt, [=] { return empty_co_awaits(reads * 4); }, {},
                      "reference: Asio's coroutine machinery alone (a frame, two resumptions), the floor under any "
@@ -134,6 +139,11 @@ std::vector<case_spec> all_cases(const settings& s) {
   cases.push_back({"spawn /bin/true + wait", "{\"programs\": " + std::to_string(spawns) + "}", "programs/s",
                    better::higher, 1.0, [=] { return coropipe_spawns(spawns); }, [=] { return raw_spawns(spawns); },
                    "baseline: posix_spawn + waitpid"});
+  cases.push_back({"spawn /bin/true + wait: floor, pidfd wait through Asio", "{\"programs\": " + std::to_string(spawns) + "}",
+                   "programs/s", better::higher, std::nullopt, [=] { return floor_async_spawns(spawns); },
+                   [=] { return raw_spawns(spawns); },
+                   "reference: glibc's posix_spawn, the program waited for through its pidfd in Asio's reactor, then "
+                   "waitid"});
   cases.push_back({"spawn /bin/true + wait, 1 GiB parent",
                    "{\"programs\": " + std::to_string(spawns) + ", \"parent_rss\": 1073741824}", "programs/s",
                    better::higher, 0.9,
