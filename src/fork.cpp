@@ -7,6 +7,7 @@
 
 #include <asio/co_spawn.hpp>
 #include <asio/io_context.hpp>
+#include <asio/recycling_allocator.hpp>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -279,6 +280,7 @@ int run_child_body(asio::io_context& io, child_body body, pid_t parent) noexcept
   } else {
     close_inherited_descriptors(keep);
   }
+  status_file_reset_after_fork();  // closed above, with the other inherited descriptors
   reaper_reset_after_fork();
   block_sigpipe_in_this_thread();
   // This copy of the spare is the child's own io_context; a fork_child()
@@ -306,7 +308,8 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
     ec = std::make_error_code(std::errc::not_enough_memory);
     return child();
   }
-  const process_status ps = read_process_status();
+  const pid_t parent = ::getpid();
+  const process_status ps = read_process_status(parent);
   if (!opts.allow_threads && ps.threads > 1 + internal_thread_count() + runtime_threads()) {
     ec = errc::fork_in_threaded_process;
     return child();
@@ -318,7 +321,6 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
   thread_local std::vector<pollfd> to_close;
   const bool own_threads_only = ps.threads >= 1 && ps.threads <= 1 + internal_thread_count() + runtime_threads();
   const bool listed = own_threads_only && list_descriptors_to_close(keep_fds, ps.fd_table_size, to_close);
-  const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
     ec = last_error();
@@ -347,7 +349,7 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
     }
   }
   try {
-    return child_access::make(std::make_shared<child_state>(ex, pid, std::move(pidfd)));
+    return child_access::make(std::allocate_shared<child_state>(asio::recycling_allocator<child_state>(), ex, pid, std::move(pidfd)));
   } catch (...) {
     ::kill(pid, SIGKILL);
     while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {

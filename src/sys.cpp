@@ -49,25 +49,52 @@ void status_line(std::string_view line, process_status& out, bool& threads, bool
   }
 }
 
+// /proc/self/status stays open from one fork to the next and is read again
+// with pread(2) from offset 0, which makes the kernel write it anew: opening
+// and closing it cost about as much as reading it (its buffer is allocated
+// and freed each time). /proc/self resolves when the file is opened, so the
+// descriptor belongs to the process that opened it; another one (a child
+// forked since, by coropipe or by anyone) opens its own, and leaves the one
+// it inherited alone: its number may have been closed and reused since.
+// Encoded as (pid << 32) | descriptor; 0 when there is none.
+std::atomic<std::uint64_t> status_file{0};
+
+std::uint64_t encode_status_file(pid_t pid, int fd) noexcept {
+  return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(pid)) << 32) | static_cast<std::uint32_t>(fd);
+}
+
+int status_fd(pid_t self) noexcept {
+  std::uint64_t cur = status_file.load(std::memory_order_acquire);
+  if (cur != 0 && static_cast<pid_t>(cur >> 32) == self) return static_cast<int>(cur & 0xffffffffU);
+  const int fd = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  if (status_file.compare_exchange_strong(cur, encode_status_file(self, fd), std::memory_order_acq_rel)) return fd;
+  ::close(fd);  // another thread was first
+  if (cur != 0 && static_cast<pid_t>(cur >> 32) == self) return static_cast<int>(cur & 0xffffffffU);
+  return -1;
+}
+
 } // namespace
 
-process_status read_process_status() noexcept {
+process_status read_process_status(pid_t self) noexcept {
   // /proc/self/status, not /proc/self/stat (cheaper to produce, but its
   // signal masks stop at signal 31: a handler of a real-time signal would
   // survive in a forked child). Read in small pieces, keeping a partial
-  // line: only two short lines matter, and a child copies every stack page
-  // its parent wrote.
+  // line: only three short lines matter, and a child copies every stack
+  // page its parent wrote.
   process_status result;
-  const int fd = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  const int fd = status_fd(self);
   if (fd < 0) return result;
   char buf[256];
   std::size_t have = 0;
+  off_t offset = 0;
   bool skipping = false;  // in a line longer than the buffer (Groups:, say): none of ours
   bool threads = false, caught = false;
   while (!(threads && caught)) {
-    const ssize_t n = ::read(fd, buf + have, sizeof buf - have);
+    const ssize_t n = ::pread(fd, buf + have, sizeof buf - have, offset);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
+    offset += n;
     have += static_cast<std::size_t>(n);
     std::size_t start = 0;
     while (const void* nl = std::memchr(buf + start, '\n', have - start)) {
@@ -84,9 +111,15 @@ process_status read_process_status() noexcept {
     std::memmove(buf, buf + start, have - start);
     have -= start;
   }
-  ::close(fd);
   if (!threads) result.threads = -1;
   return result;
+}
+
+void status_file_reset_after_fork() noexcept { status_file.store(0, std::memory_order_relaxed); }
+
+int status_file_fd() noexcept {
+  const std::uint64_t cur = status_file.load(std::memory_order_acquire);
+  return cur != 0 && static_cast<pid_t>(cur >> 32) == ::getpid() ? static_cast<int>(cur & 0xffffffffU) : -1;
 }
 
 bool pidfds_unavailable() noexcept {

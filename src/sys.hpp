@@ -37,7 +37,13 @@ struct process_status {
   std::uint64_t caught = 0;     // bit (n-1) set: signal n has a handler (1 to 64)
   int fd_table_size = -1;       // FDSize: every open descriptor is below it (-1: unknown)
 };
-process_status read_process_status() noexcept;
+// Reads /proc/self/status of the calling process, whose pid is @p self.
+process_status read_process_status(pid_t self) noexcept;
+// In a freshly forked child that closed the inherited descriptors: forgets
+// the parent's /proc/self/status descriptor (read_process_status keeps one).
+void status_file_reset_after_fork() noexcept;
+// That descriptor, or -1 (for the tests' descriptor accounting).
+int status_file_fd() noexcept;
 
 // Number of threads coropipe itself runs in this process (the reaper).
 int internal_thread_count() noexcept;

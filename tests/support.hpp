@@ -29,6 +29,7 @@
 
 namespace coropipe::detail {
 int background_reaper_fd() noexcept;  // src/reaper.cpp
+int status_file_fd() noexcept;        // src/sys.cpp
 }
 
 namespace coropipe_test {
@@ -77,17 +78,19 @@ inline void run(asio::io_context& io, asio::awaitable<void> aw, std::chrono::sec
 }
 
 /// The descriptors open in this process, sorted (coropipe's background
-/// reaper's own descriptor excluded: it lives as long as the process).
+/// reaper's own descriptor and its /proc/self/status excluded: they live as
+/// long as the process).
 inline std::vector<int> open_fds() {
   std::vector<int> fds;
   DIR* dir = ::opendir("/proc/self/fd");
   if (dir == nullptr) return fds;
   const int self = ::dirfd(dir);
   const int reaper = coropipe::detail::background_reaper_fd();
+  const int status = coropipe::detail::status_file_fd();
   while (const dirent* e = ::readdir(dir)) {
     if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
     const int fd = std::atoi(e->d_name);
-    if (fd != self && fd != reaper) fds.push_back(fd);
+    if (fd != self && fd != reaper && fd != status) fds.push_back(fd);
   }
   ::closedir(dir);
   std::sort(fds.begin(), fds.end());
