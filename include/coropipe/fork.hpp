@@ -59,6 +59,14 @@
 ///   forked it ends (PR_SET_PDEATHSIG; the race with a parent dying during the
 ///   fork is closed by checking getppid()). Note that it is the forking
 ///   *thread* whose end counts.
+///
+/// ### What fork_child() keeps in the parent
+/// To make each fork cheap, the first call prepares once, for the process's
+/// lifetime: a spare `asio::io_context` (without descriptors) that each
+/// child runs its copy of, and one close-on-exec descriptor open on
+/// /proc/self/status (the thread count and the caught signals are read
+/// from it before each fork). Children close that descriptor with the
+/// other inherited ones; a process forked otherwise opens its own.
 #pragma once
 
 #include <coropipe/child.hpp>
