@@ -464,10 +464,22 @@ double floor_forks(int count) {
 
 namespace {
 
-// fork, then the child's pidfd waited for the way an event loop must
-// (without blocking its thread): registered with Asio's reactor, then
-// waitid(2). The parent keeps running while the child lives, so its own
-// writes to pages it shares with the child are copied, as in coropipe.
+// Waits for @p pid to end the way an event loop must (without blocking its
+// thread): its pidfd through Asio's reactor, then waitid(2). Throws @p what
+// unless it exited with 0.
+awaitable<void> await_exit(asio::io_context& io, pid_t pid, const char* what) {
+  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd < 0) fail("pidfd_open");
+  asio::posix::stream_descriptor waiter(io, pidfd);
+  co_await waiter.async_wait(asio::posix::stream_descriptor::wait_read, use_awaitable);
+  siginfo_t info{};
+  if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED) != 0) fail("waitid");
+  if (info.si_code != CLD_EXITED || info.si_status != 0) throw std::runtime_error(what);
+}
+
+// fork, then the child waited for with await_exit. The parent keeps running
+// while the child lives, so its own writes to pages it shares with the
+// child are copied, as in coropipe.
 double async_forks(int count, void (*child)()) {
   spare_context();
   asio::io_context io(1);
@@ -477,13 +489,7 @@ double async_forks(int count, void (*child)()) {
       const pid_t pid = ::fork();
       if (pid < 0) fail("fork");
       if (pid == 0) child();
-      const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-      if (pidfd < 0) fail("pidfd_open");
-      asio::posix::stream_descriptor waiter(io, pidfd);
-      co_await waiter.async_wait(asio::posix::stream_descriptor::wait_read, use_awaitable);
-      siginfo_t info{};
-      if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED) != 0) fail("waitid");
-      if (info.si_code != CLD_EXITED || info.si_status != 0) throw std::runtime_error("a child failed");
+      co_await await_exit(io, pid, "a child failed");
     }
     co_return count / seconds_since(t0);
   }());
@@ -529,21 +535,28 @@ double fork_faults(double (*forks)(int), int count, bool parent) {
   return static_cast<double>(faults) / count;
 }
 
+namespace {
+
+// glibc's posix_spawn of /bin/true: the raw way to start a program.
+pid_t posix_spawn_true() {
+  char arg0[] = "/bin/true";
+  char* argv[] = {arg0, nullptr};
+  pid_t pid = -1;
+  const int r = ::posix_spawn(&pid, arg0, nullptr, nullptr, argv, environ);
+  if (r != 0) {
+    errno = r;
+    fail("posix_spawn");
+  }
+  return pid;
+}
+
+} // namespace
+
 // Case 5: /bin/true spawned and waited for, one after another. Returns
 // programs per second.
 double raw_spawns(int count) {
-  char arg0[] = "/bin/true";
-  char* argv[] = {arg0, nullptr};
   const auto t0 = clock::now();
-  for (int i = 0; i < count; ++i) {
-    pid_t pid = -1;
-    const int r = ::posix_spawn(&pid, arg0, nullptr, nullptr, argv, environ);
-    if (r != 0) {
-      errno = r;
-      fail("posix_spawn");
-    }
-    reap(pid);
-  }
+  for (int i = 0; i < count; ++i) reap(posix_spawn_true());
   return count / seconds_since(t0);
 }
 
@@ -559,29 +572,12 @@ double coropipe_spawns(int count) {
   }());
 }
 
-// posix_spawn, then the program waited for the way an event loop must: its
-// pidfd through Asio's reactor, then waitid(2).
+// posix_spawn, then the program waited for with await_exit.
 double floor_async_spawns(int count) {
-  char arg0[] = "/bin/true";
-  char* argv[] = {arg0, nullptr};
   asio::io_context io(1);
   return run_to_completion(io, [&]() -> awaitable<double> {
     const auto t0 = clock::now();
-    for (int i = 0; i < count; ++i) {
-      pid_t pid = -1;
-      const int r = ::posix_spawn(&pid, arg0, nullptr, nullptr, argv, environ);
-      if (r != 0) {
-        errno = r;
-        fail("posix_spawn");
-      }
-      const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-      if (pidfd < 0) fail("pidfd_open");
-      asio::posix::stream_descriptor waiter(io, pidfd);
-      co_await waiter.async_wait(asio::posix::stream_descriptor::wait_read, use_awaitable);
-      siginfo_t info{};
-      if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED) != 0) fail("waitid");
-      if (info.si_code != CLD_EXITED || info.si_status != 0) throw std::runtime_error("/bin/true failed");
-    }
+    for (int i = 0; i < count; ++i) co_await await_exit(io, posix_spawn_true(), "/bin/true failed");
     co_return count / seconds_since(t0);
   }());
 }
