@@ -54,9 +54,10 @@ void status_line(std::string_view line, process_status& out, bool& threads, bool
 // and closing it cost about as much as reading it (its buffer is allocated
 // and freed each time). /proc/self resolves when the file is opened, so the
 // descriptor belongs to the process that opened it; another one (a child
-// forked since, by coropipe or by anyone) opens its own, and leaves the one
-// it inherited alone: its number may have been closed and reused since.
-// Encoded as (pid << 32) | descriptor; 0 when there is none.
+// forked since, by coropipe or by anyone) opens its own. A descriptor that
+// is no longer ours (the application closed it, its number may be reused)
+// reads as no status at all: it is forgotten, never closed, and a new one
+// opened. Encoded as (pid << 32) | descriptor; 0 when there is none.
 std::atomic<std::uint64_t> status_file{0};
 
 std::uint64_t encode_status_file(pid_t pid, int fd) noexcept {
@@ -74,17 +75,10 @@ int status_fd(pid_t self) noexcept {
   return -1;
 }
 
-} // namespace
-
-process_status read_process_status(pid_t self) noexcept {
-  // /proc/self/status, not /proc/self/stat (cheaper to produce, but its
-  // signal masks stop at signal 31: a handler of a real-time signal would
-  // survive in a forked child). Read in small pieces, keeping a partial
-  // line: only three short lines matter, and a child copies every stack
-  // page its parent wrote.
-  process_status result;
-  const int fd = status_fd(self);
-  if (fd < 0) return result;
+// Reads the status from @p fd, in small pieces, keeping a partial line:
+// only three short lines matter, and a child copies every stack page its
+// parent wrote. False when it holds no thread count (not a status file).
+bool read_status(int fd, process_status& result) noexcept {
   char buf[256];
   std::size_t have = 0;
   off_t offset = 0;
@@ -111,8 +105,24 @@ process_status read_process_status(pid_t self) noexcept {
     std::memmove(buf, buf + start, have - start);
     have -= start;
   }
-  if (!threads) result.threads = -1;
-  return result;
+  return threads;
+}
+
+} // namespace
+
+process_status read_process_status(pid_t self) noexcept {
+  // /proc/self/status, not /proc/self/stat (cheaper to produce, but its
+  // signal masks stop at signal 31: a handler of a real-time signal would
+  // survive in a forked child).
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    process_status result;
+    const int fd = status_fd(self);
+    if (fd < 0) break;
+    if (read_status(fd, result)) return result;
+    std::uint64_t ours = encode_status_file(self, fd);
+    status_file.compare_exchange_strong(ours, 0, std::memory_order_acq_rel);  // forgotten, not closed
+  }
+  return process_status{};  // threads -1: unknown
 }
 
 void status_file_reset_after_fork() noexcept { status_file.store(0, std::memory_order_relaxed); }

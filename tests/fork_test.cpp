@@ -387,6 +387,41 @@ TEST_CASE("a real-time signal's handler is reset too") {
   ::sigaction(rt, &old, nullptr);
 }
 
+TEST_CASE("fork_child survives its /proc/self/status descriptor being closed and its number reused") {
+  // fork_child keeps /proc/self/status open between forks; an application
+  // that closes every descriptor it does not know must not break it.
+  asio::io_context io;
+  auto first = coropipe::fork_child(io, [](child_context&) -> awaitable<int> { co_return 0; });
+  CHECK(run(io, first.async_wait(use_awaitable)).success());
+  const int cached = coropipe::detail::status_file_fd();
+  REQUIRE(cached >= 0);
+  REQUIRE(::close(cached) == 0);
+  const coropipe::pipe_ends reused = coropipe::pipe();  // takes the lowest free numbers
+  const int reused_in = reused.read_end.get(), reused_out = reused.write_end.get();
+  INFO("cached " << cached << ", pipe " << reused_in << " " << reused_out);
+  REQUIRE((reused_in == cached || reused_out == cached));
+
+  // The handler must still be found and reset in the child.
+  struct sigaction sa {}, old{};
+  sa.sa_handler = [](int) {};
+  sigemptyset(&sa.sa_mask);
+  REQUIRE(::sigaction(SIGUSR2, &sa, &old) == 0);
+  auto second = coropipe::fork_child(io, [](child_context&) -> awaitable<int> {
+    ::raise(SIGUSR2);  // the default action ends the process
+    co_return 0;
+  });
+  CHECK(run(io, second.async_wait(use_awaitable)) == exit_status::killed(SIGUSR2));
+  ::sigaction(SIGUSR2, &old, nullptr);
+
+  // The pipe that took the number is the application's, untouched.
+  CHECK(::fcntl(reused_in, F_GETFD) >= 0);
+  CHECK(::fcntl(reused_out, F_GETFD) >= 0);
+  const int fresh = coropipe::detail::status_file_fd();
+  CHECK(fresh >= 0);
+  CHECK(fresh != reused_in);
+  CHECK(fresh != reused_out);
+}
+
 namespace {
 
 // An intermediate process forks a coropipe child that sleeps for @p sleep and

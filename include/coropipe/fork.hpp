@@ -66,7 +66,9 @@
 /// child runs its copy of, and one close-on-exec descriptor open on
 /// /proc/self/status (the thread count and the caught signals are read
 /// from it before each fork). Children close that descriptor with the
-/// other inherited ones; a process forked otherwise opens its own.
+/// other inherited ones; a process forked otherwise opens its own. If the
+/// application closes it, a new one is opened (the old number, perhaps
+/// reused by then, is left alone).
 #pragma once
 
 #include <coropipe/child.hpp>
