@@ -411,9 +411,10 @@ double raw_forks(int count) {
 }
 
 // The floor under any forked coroutine child: hand-written, without
-// coropipe, a child that runs one trivial coroutine on an io_context. The pages such a child touches are what separate it from fork +
-// _exit (every page a child writes is copied, every code page it runs is
-// mapped, at a fault each).
+// coropipe, a child that runs one trivial coroutine on an io_context. The
+// pages such a child touches are what separate it from fork + _exit (every
+// page a child writes is copied, every code page it runs is mapped, at a
+// fault each).
 namespace {
 
 // The io_context the floors' children run: built once in the parent, before
@@ -729,11 +730,18 @@ double mixed_throughput(std::size_t chunk, std::size_t total, side reader, side 
   return static_cast<double>(total) / secs / 1e6;
 }
 
+namespace {
+int open_dev_zero() {
+  const int fd = ::open("/dev/zero", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("open /dev/zero");
+  return fd;
+}
+} // namespace
+
 // What one co_await of an operation costs beyond its system call: 4 KiB
 // reads of /dev/zero (never empty, never polled), nanoseconds per read.
 double raw_zero_reads(int count) {
-  const int fd = ::open("/dev/zero", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail("open /dev/zero");
+  const int fd = open_dev_zero();
   std::vector<char> buf(4096);
   const auto t0 = clock::now();
   for (int i = 0; i < count; ++i)
@@ -744,8 +752,7 @@ double raw_zero_reads(int count) {
 }
 
 double coropipe_zero_reads(int count) {
-  const int fd = ::open("/dev/zero", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail("open /dev/zero");
+  const int fd = open_dev_zero();
   asio::io_context io(1);
   auto in = coropipe::attach(io, unique_fd(fd));
   std::vector<char> buf(4096);
@@ -767,8 +774,7 @@ __attribute__((noinline)) awaitable<std::size_t> plain_read(int fd, char* data, 
 // The same reads, each in a plain coroutine around read(2): the least any
 // co_await'ed read costs, whatever the library.
 double plain_coroutine_zero_reads(int count) {
-  const int fd = ::open("/dev/zero", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail("open /dev/zero");
+  const int fd = open_dev_zero();
   asio::io_context io(1);
   std::vector<char> buf(4096);
   const double ns = run_to_completion(io, [&]() -> awaitable<double> {

@@ -30,9 +30,9 @@ std::size_t read_outcome(::ssize_t r, int err, std::error_code& ec) noexcept {
 
 std::size_t try_read(int fd, void* data, std::size_t size, std::error_code& ec) noexcept {
   for (;;) {
-    const ssize_t n = ::read(fd, data, size);
-    if (n < 0 && errno == EINTR) continue;
-    return read_outcome(n, n < 0 ? errno : 0, ec);
+    int err = 0;
+    const ssize_t n = read_into(fd, asio::mutable_buffer(data, size), err);
+    if (err != EINTR) return read_outcome(n, err, ec);
   }
 }
 

@@ -64,15 +64,20 @@ std::uint64_t encode_status_file(pid_t pid, int fd) noexcept {
   return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(pid)) << 32) | static_cast<std::uint32_t>(fd);
 }
 
+// The descriptor in @p encoded if process @p self opened it, else -1.
+int status_file_of(std::uint64_t encoded, pid_t self) noexcept {
+  if (encoded == 0 || static_cast<pid_t>(encoded >> 32) != self) return -1;
+  return static_cast<int>(encoded & 0xffffffffU);
+}
+
 int status_fd(pid_t self) noexcept {
   std::uint64_t cur = status_file.load(std::memory_order_acquire);
-  if (cur != 0 && static_cast<pid_t>(cur >> 32) == self) return static_cast<int>(cur & 0xffffffffU);
+  if (const int fd = status_file_of(cur, self); fd >= 0) return fd;
   const int fd = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
   if (status_file.compare_exchange_strong(cur, encode_status_file(self, fd), std::memory_order_acq_rel)) return fd;
   ::close(fd);  // another thread was first
-  if (cur != 0 && static_cast<pid_t>(cur >> 32) == self) return static_cast<int>(cur & 0xffffffffU);
-  return -1;
+  return status_file_of(cur, self);
 }
 
 // Reads the status from @p fd, in small pieces, keeping a partial line:
@@ -127,10 +132,7 @@ process_status read_process_status(pid_t self) noexcept {
 
 void status_file_reset_after_fork() noexcept { status_file.store(0, std::memory_order_relaxed); }
 
-int status_file_fd() noexcept {
-  const std::uint64_t cur = status_file.load(std::memory_order_acquire);
-  return cur != 0 && static_cast<pid_t>(cur >> 32) == ::getpid() ? static_cast<int>(cur & 0xffffffffU) : -1;
-}
+int status_file_fd() noexcept { return status_file_of(status_file.load(std::memory_order_acquire), ::getpid()); }
 
 bool pidfds_unavailable() noexcept {
   return pidfd_refused.load(std::memory_order_relaxed) ||

@@ -38,9 +38,9 @@
 
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <cerrno>
-
 #include <concepts>
 #include <cstddef>
 #include <system_error>
@@ -92,6 +92,13 @@ inline void note_wait() noexcept { immediate_completions = 0; }
 // What a read(2) that returned @p r (with errno @p err when r < 0) means:
 // bytes read, or ec set to eof, would_block or the errno.
 std::size_t read_outcome(::ssize_t r, int err, std::error_code& ec) noexcept;
+
+// One read(2) into @p b; @p err is its errno when it fails, else 0.
+inline ::ssize_t read_into(int fd, const asio::mutable_buffer& b, int& err) noexcept {
+  const ::ssize_t r = ::read(fd, b.data(), b.size());
+  err = r < 0 ? errno : 0;
+  return r;
+}
 
 template <typename Stream>
 void prepare(Stream& s) {
@@ -158,8 +165,7 @@ asio::awaitable<read_some_result<Throw>> read_some_rest(Stream& s, asio::mutable
   std::size_t n = 0;
   for (;;) {
     if (r < 0 && err == EINTR) {
-      r = ::read(s.native_handle(), b.data(), b.size());
-      err = r < 0 ? errno : 0;
+      r = read_into(s.native_handle(), b, err);
       continue;
     }
     n = read_outcome(r, err, ec);
@@ -167,8 +173,7 @@ asio::awaitable<read_some_result<Throw>> read_some_rest(Stream& s, asio::mutable
     note_wait();
     std::tie(ec) = co_await s.async_wait(Stream::wait_read, asio::experimental::as_tuple(asio::use_awaitable));
     if (ec) break;
-    r = ::read(s.native_handle(), b.data(), b.size());
-    err = r < 0 ? errno : 0;
+    r = read_into(s.native_handle(), b, err);
     if (r > 0 && !should_yield()) co_return read_some_value<Throw>(ec, static_cast<std::size_t>(r));
   }
   if (!ec) co_await asio::post(s.get_executor(), asio::use_awaitable);  // the yield that was due
@@ -181,13 +186,14 @@ template <bool Throw, typename Stream>
 asio::awaitable<read_some_result<Throw>> read_some_coro(Stream& s, asio::mutable_buffer b) {
   if (b.size() == 0) co_return read_some_value<Throw>(std::error_code(), 0);
   prepare(s);
-  const ::ssize_t r = ::read(s.native_handle(), b.data(), b.size());
+  int err = 0;
+  const ::ssize_t r = read_into(s.native_handle(), b, err);
   if (r > 0 && !should_yield()) [[likely]] {
     // No std::error_code on this path: making one calls into libstdc++.
     if constexpr (Throw) co_return static_cast<std::size_t>(r);
     else co_return read_some_result<false>{std::error_code(), static_cast<std::size_t>(r)};
   }
-  co_return co_await read_some_rest<Throw>(s, b, r, r < 0 ? errno : 0);
+  co_return co_await read_some_rest<Throw>(s, b, r, err);
 }
 
 template <typename Stream>
