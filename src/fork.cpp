@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -159,26 +160,32 @@ bool close_on_exec(int fd) noexcept {
 
 // The close-on-exec descriptors to close in a child, listed in the parent
 // just before the fork (a fresh child's /proc/self/fd costs ten times more
-// than the parent's, whose entries are already built), in out[i].fd.
+// than the parent's, whose entries are already built): the first @p count
+// entries of @p out, by their fd.
 //
 // One poll(2) over the descriptor table finds the open ones (closed slots
 // answer POLLNVAL) when the table is small: its size is @p table_size
 // (FDSize in /proc/self/status, no open descriptor is at or above it), else
-// the soft RLIMIT_NOFILE. The list is made in the polled array itself:
-// after a fork every page the parent writes costs it a fault. Otherwise
-// /proc/self/fd is listed.
-bool list_descriptors_to_close(std::span<const int> keep, int table_size, std::vector<pollfd>& out) noexcept {
+// the soft RLIMIT_NOFILE. The list is made in the polled array itself, and
+// the vector keeps its size from one fork to the next: after a fork, every
+// page the parent writes costs it a fault, the vector's own (thread-local)
+// one included. Otherwise /proc/self/fd is listed.
+bool list_descriptors_to_close(std::span<const int> keep, int table_size, std::vector<pollfd>& out,
+                               std::size_t& count) noexcept {
   try {
     rlimit lim{};
     rlim_t top = static_cast<rlim_t>(table_size);
     if (table_size <= 0) top = ::getrlimit(RLIMIT_NOFILE, &lim) != 0 ? 1024 : lim.rlim_cur;
     if (top <= 4096) {
-      out.resize(static_cast<std::size_t>(top));
-      for (std::size_t i = 0; i < out.size(); ++i) out[i] = pollfd{static_cast<int>(i), 0, 0};
-      if (::poll(out.data(), out.size(), 0) >= 0) {
-        std::erase_if(out, [&](const pollfd& p) {
-          return p.fd <= STDERR_FILENO || (p.revents & POLLNVAL) != 0 || kept(keep, p.fd) || !close_on_exec(p.fd);
-        });
+      const auto n = static_cast<std::size_t>(top);
+      if (out.size() < n) out.resize(n);
+      for (std::size_t i = 0; i < n; ++i) out[i] = pollfd{static_cast<int>(i), 0, 0};
+      if (::poll(out.data(), n, 0) >= 0) {
+        count = 0;
+        for (std::size_t i = STDERR_FILENO + 1; i < n; ++i) {
+          const pollfd p = out[i];
+          if ((p.revents & POLLNVAL) == 0 && !kept(keep, p.fd) && close_on_exec(p.fd)) out[count++] = p;
+        }
         return true;
       }
     }
@@ -186,6 +193,7 @@ bool list_descriptors_to_close(std::span<const int> keep, int table_size, std::v
     for_each_open_fd([&](int fd) {
       if (!kept(keep, fd) && close_on_exec(fd)) out.push_back(pollfd{fd, 0, 0});
     });
+    count = out.size();
   } catch (...) {
     return false;
   }
@@ -211,30 +219,45 @@ void close_inherited_descriptors(std::span<const int> keep) noexcept {
 //  - the lazy symbol bindings the child path needs are resolved, so that each
 //    child does not redo the lookups (and their page faults) itself;
 //  - _exit is called through a pointer bound at load time, for the same reason.
-asio::io_context* spare_context = nullptr;
-std::once_flag prepared;
+//
+// The spare belongs to the process that made it (a child runs its copy, and
+// makes a spare of its own if it forks in turn). Nothing here is written
+// again once prepared, in the parent (std::call_once alone would write its
+// thread-local callable on every call) or in a child.
+struct spare {
+  asio::io_context* io = nullptr;
+  pid_t owner = 0;
+};
+spare spare_context;
+std::once_flag prepared_once;
+std::atomic<bool> prepared{false};
 void (*volatile exit_now)(int) = ::_exit;
 
-void prepare_parent() {
-  std::call_once(prepared, [] {
-    int sig = 0;
-    ::prctl(PR_GET_PDEATHSIG, &sig);
-    (void)::getppid();
-    struct sigaction sa {};
-    ::sigaction(SIGPIPE, nullptr, &sa);
-    sigset_t set;
-    sigemptyset(&set);
-    ::pthread_sigmask(SIG_BLOCK, nullptr, &set);
-    (void)::fcntl(0, F_GETFD);
-    block_sigpipe_in_this_thread();
-    record_synced_streams();
-    // A rehearsal of what a child's io_context does (coroutine frames from
-    // aligned_alloc, the scheduler's condition variable, ...).
-    asio::io_context rehearsal(1);
-    asio::co_spawn(rehearsal, []() -> asio::awaitable<int> { co_return 0; }, [](std::exception_ptr, int) {});
-    rehearsal.run();
-  });
-  if (spare_context == nullptr) spare_context = new asio::io_context(1);  // one, for the process's lifetime
+void prepare_parent(pid_t self) {
+  if (!prepared.load(std::memory_order_acquire)) {
+    std::call_once(prepared_once, [] {
+      int sig = 0;
+      ::prctl(PR_GET_PDEATHSIG, &sig);
+      (void)::getppid();
+      struct sigaction sa {};
+      ::sigaction(SIGPIPE, nullptr, &sa);
+      sigset_t set;
+      sigemptyset(&set);
+      ::pthread_sigmask(SIG_BLOCK, nullptr, &set);
+      (void)::fcntl(0, F_GETFD);
+      block_sigpipe_in_this_thread();
+      record_synced_streams();
+      // A rehearsal of what a child's io_context does (coroutine frames from
+      // aligned_alloc, the scheduler's condition variable, ...).
+      asio::io_context rehearsal(1);
+      asio::co_spawn(rehearsal, []() -> asio::awaitable<int> { co_return 0; }, [](std::exception_ptr, int) {});
+      rehearsal.run();
+      prepared.store(true, std::memory_order_release);
+    });
+  }
+  if (spare_context.owner != self) {
+    spare_context = spare{new asio::io_context(1), self};  // one per process, for its lifetime
+  }
 }
 
 int run_child_body(asio::io_context& io, child_body body, pid_t parent) noexcept {
@@ -263,29 +286,41 @@ int run_child_body(asio::io_context& io, child_body body, pid_t parent) noexcept
   return 1;
 }
 
-// to_close: the descriptors listed by the parent, or nullptr to find them here.
-[[noreturn]] void child_main(const fork_options& opts, std::span<const int> keep, const std::vector<pollfd>* to_close,
-                             child_body body, pid_t parent, std::uint64_t caught) noexcept {
+// to_close: the descriptors listed by the parent, or empty with listed false
+// to find them here. other_threads: the parent ran threads besides its own
+// (or did not know), one of which may have held coropipe's locks.
+//
+// Up to the coroutine, the child makes its system calls inline (raw_syscall)
+// and writes none of coropipe's globals: each libc code page it would run,
+// and each data page it would write, costs it a page fault.
+[[noreturn]] void child_main(const fork_options& opts, std::span<const int> keep, bool listed,
+                             std::span<const pollfd> to_close, child_body body, pid_t parent,
+                             std::uint64_t caught, bool other_threads) noexcept {
   if (opts.parent_death_signal > 0) {
     // If the parent died before prctl took effect, nobody will send the
     // signal: act on it now.
-    if (::prctl(PR_SET_PDEATHSIG, opts.parent_death_signal) != 0 || ::getppid() != parent) {
+    if (raw_syscall(SYS_prctl, PR_SET_PDEATHSIG, opts.parent_death_signal) != 0 ||
+        raw_syscall(SYS_getppid) != parent) {
       ::raise(opts.parent_death_signal);
       ::_exit(128 + opts.parent_death_signal);
     }
   }
   reset_caught_signals(caught);
-  if (to_close != nullptr) {
-    for (const pollfd& p : *to_close) ::close(p.fd);
+  if (listed) {
+    for (const pollfd& p : to_close) raw_syscall(SYS_close, p.fd);
   } else {
     close_inherited_descriptors(keep);
   }
-  status_file_reset_after_fork();  // closed above, with the other inherited descriptors
-  reaper_reset_after_fork();
-  block_sigpipe_in_this_thread();
-  // This copy of the spare is the child's own io_context; a fork_child()
-  // inside the child must make a spare of its own.
-  asio::io_context& io = *std::exchange(spare_context, nullptr);
+  // The parent's /proc/self/status descriptor was closed above with the
+  // other inherited ones; its record names the parent, so this process
+  // opens its own if it forks in turn.
+  reaper_reset_after_fork(other_threads);
+  // SIGPIPE blocked, as block_sigpipe_in_this_thread() does (the kernel's
+  // signal set: bit n-1 for signal n).
+  const std::uint64_t sigpipe_bit = std::uint64_t{1} << (SIGPIPE - 1);
+  raw_syscall(SYS_rt_sigprocmask, SIG_BLOCK, reinterpret_cast<long>(&sigpipe_bit), 0, sizeof sigpipe_bit);
+  // This copy of the spare is the child's own io_context.
+  asio::io_context& io = *spare_context.io;
   const int code = run_child_body(io, body, parent);
   // The io_context is not destroyed: run() returned because no work is left,
   // so every coroutine and I/O object has already gone, and tearing down the
@@ -302,13 +337,13 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
                       const char*& failed_call) {
   ec.clear();
   failed_call = nullptr;
+  const pid_t parent = ::getpid();
   try {
-    prepare_parent();
+    prepare_parent(parent);
   } catch (const std::bad_alloc&) {
     ec = std::make_error_code(std::errc::not_enough_memory);
     return child();
   }
-  const pid_t parent = ::getpid();
   const process_status ps = read_process_status(parent);
   if (!opts.allow_threads && ps.threads > 1 + internal_thread_count() + runtime_threads()) {
     ec = errc::fork_in_threaded_process;
@@ -319,15 +354,20 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
   // descriptors before the fork, so the list made here is exact (coropipe's
   // reaper only closes its pidfds, whose numbers nobody reuses meanwhile).
   thread_local std::vector<pollfd> to_close;
-  const bool own_threads_only = ps.threads >= 1 && ps.threads <= 1 + internal_thread_count() + runtime_threads();
-  const bool listed = own_threads_only && list_descriptors_to_close(keep_fds, ps.fd_table_size, to_close);
+  std::size_t to_close_count = 0;
+  const int own_threads = 1 + internal_thread_count() + runtime_threads();
+  const bool own_threads_only = ps.threads >= 1 && ps.threads <= own_threads;
+  const bool listed = own_threads_only && list_descriptors_to_close(keep_fds, ps.fd_table_size, to_close, to_close_count);
   const pid_t pid = ::fork();
   if (pid < 0) {
     ec = last_error();
     failed_call = "fork";
     return child();
   }
-  if (pid == 0) child_main(opts, keep_fds, listed ? &to_close : nullptr, body, parent, ps.caught);
+  if (pid == 0) {
+    child_main(opts, keep_fds, listed, std::span<const pollfd>(to_close.data(), listed ? to_close_count : 0), body,
+               parent, ps.caught, ps.threads != own_threads);
+  }
 
   // From here on the child exists: it must end up owned by a handle, or be
   // killed and reaped.

@@ -123,7 +123,11 @@ void reap_in_background(pid_t pid, int pidfd, std::error_code& ec, const char*& 
 
 int internal_thread_count() noexcept { return threads.load(); }
 
-void reaper_reset_after_fork() noexcept {
+void reaper_reset_after_fork(bool other_threads) noexcept {
+  // Nothing to forget when no reaper was started and no other thread could
+  // hold start_mutex: then nothing is written (a child copies each page it
+  // writes).
+  if (!other_threads && instance == nullptr && threads.load(std::memory_order_relaxed) == 0) return;
   // The child has none of the parent's threads; its copy of the reaper
   // (perhaps with a locked mutex) is abandoned, and the mutexes re-made.
   new (&start_mutex) std::mutex();

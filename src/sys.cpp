@@ -130,8 +130,6 @@ process_status read_process_status(pid_t self) noexcept {
   return process_status{};  // threads -1: unknown
 }
 
-void status_file_reset_after_fork() noexcept { status_file.store(0, std::memory_order_relaxed); }
-
 int status_file_fd() noexcept { return status_file_of(status_file.load(std::memory_order_acquire), ::getpid()); }
 
 bool pidfds_unavailable() noexcept {

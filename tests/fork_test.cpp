@@ -467,6 +467,93 @@ TEST_CASE("parent_death_signal 0 lets the child outlive the forking thread") {
   CHECK(orphaned_child_status(opts, 300ms) == exit_status::exited(3));
 }
 
+TEST_CASE("the child's signal mask is the forking thread's, with SIGPIPE blocked") {
+  // The parent blocks SIGUSR1 and unblocks SIGPIPE (which fork_child blocks
+  // in the forking thread when it first prepares): the child must see
+  // SIGUSR1 and SIGPIPE blocked, SIGUSR2 not.
+  asio::io_context io;
+  (void)coropipe::fork_child(io, [](child_context&) -> awaitable<int> { co_return 0; });  // prepared
+  sigset_t saved, change;
+  ::pthread_sigmask(SIG_BLOCK, nullptr, &saved);
+  sigemptyset(&change);
+  sigaddset(&change, SIGUSR1);
+  ::pthread_sigmask(SIG_BLOCK, &change, nullptr);
+  sigemptyset(&change);
+  sigaddset(&change, SIGPIPE);
+  ::pthread_sigmask(SIG_UNBLOCK, &change, nullptr);
+  auto c = coropipe::fork_child(io, [](child_context&) -> awaitable<int> {
+    sigset_t mask;
+    ::pthread_sigmask(SIG_BLOCK, nullptr, &mask);
+    co_return (sigismember(&mask, SIGPIPE) == 1 ? 1 : 0) | (sigismember(&mask, SIGUSR1) == 1 ? 2 : 0) |
+              (sigismember(&mask, SIGUSR2) == 1 ? 4 : 0);
+  });
+  ::pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(3));
+}
+
+TEST_CASE("a forked child can fork a child of its own, on an io_context of its own") {
+  // The child's io_context is in use (it runs the child's coroutine): the
+  // grandchild must get another one, not a copy of it.
+  asio::io_context io;
+  auto c = coropipe::fork_child(io, [](child_context& ctx) -> awaitable<int> {
+    auto grandchild = coropipe::fork_child(ctx.get_executor(), [](child_context& g) -> awaitable<int> {
+      co_return g.parent_pid() == ::getppid() ? 21 : 22;
+    });
+    co_return (co_await grandchild.async_wait(use_awaitable)).exit_code();
+  });
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(21));
+}
+
+namespace {
+#if defined(__SANITIZE_THREAD__)
+constexpr bool under_tsan = true;
+#elif defined(__has_feature)
+constexpr bool under_tsan = __has_feature(thread_sanitizer);
+#else
+constexpr bool under_tsan = false;
+#endif
+} // namespace
+
+// Skipped under ThreadSanitizer, which cannot start a thread in a process
+// forked from a multi-threaded one ("starting new threads after
+// multi-threaded fork is not supported").
+TEST_CASE("a child forked while the background reaper runs starts its own to reap what it detaches" *
+          doctest::skip(under_tsan)) {
+  // The child's copy of the parent's reaper has no thread: it must be
+  // forgotten, and a reaper of the child's own started.
+  asio::io_context io;
+  auto detached = coropipe::fork_child(io, [](child_context&) -> awaitable<int> { co_return 0; });
+  detached.detach();  // starts the parent's reaper
+  auto [in, out] = coropipe::pipe();
+  auto c = coropipe::fork_child(
+      io,
+      [](child_context& ctx, unique_fd w) -> awaitable<int> {
+        auto [gin, gout] = coropipe::pipe();
+        auto loose = coropipe::fork_child(
+            ctx.get_executor(), [](child_context&, unique_fd) -> awaitable<int> { co_return 0; }, std::move(gout));
+        const pid_t loose_pid = loose.pid();
+        loose.detach();
+        // End of stream: the grandchild has exited. Then the reaper reaps it
+        // (until then kill(pid, 0) finds the zombie).
+        char b;
+        while (::read(gin.get(), &b, 1) > 0) {
+        }
+        bool reaped = false;
+        for (int i = 0; i < 2000 && !reaped; ++i) {
+          reaped = ::kill(loose_pid, 0) != 0 && errno == ESRCH;
+          if (!reaped) co_await asio::steady_timer(ctx.get_executor(), 5ms).async_wait(use_awaitable);
+        }
+        const char report = reaped ? 'r' : 'n';
+        co_return ::write(w.get(), &report, 1) == 1 ? 0 : 1;
+      },
+      std::move(out));
+  auto reader = coropipe::attach(io, std::move(in));
+  std::string report;
+  run(io, [&]() -> awaitable<void> { report = co_await read_to_eof(reader); }());
+  CHECK(report == "r");
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(0));
+}
+
 TEST_CASE("fork_child can be called from a coroutine running on the parent's io_context") {
   asio::io_context io;
   const exit_status st = run(io, [&]() -> awaitable<exit_status> {

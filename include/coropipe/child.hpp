@@ -82,6 +82,12 @@ public:
     switch (phase_) {
     case phase::starting:
       phase_ = phase::waiting;
+      if (st_ && !st_->status && st_->pidfd.is_open()) {
+        // A pidfd is readable once its child has ended, already ended
+        // included: the waitid(WNOHANG) is left to the wake-up.
+        arm(self);
+        return;
+      }
       if (ready(ec)) {
         // Already over: complete through the handler's executor, never from
         // inside the initiating function.
