@@ -151,6 +151,42 @@ awaitable<std::string> read_exactly(Stream& s, std::size_t n) {
   co_return out;
 }
 
+// What the callback of an operation received, and whether it ran at all.
+struct completion {
+  bool called = false;
+  std::error_code ec;
+  std::size_t n = 99;
+
+  // The callback, which records here what it receives.
+  auto handler() {
+    return [this](std::error_code e, std::size_t k) {
+      called = true;
+      ec = e;
+      n = k;
+    };
+  }
+};
+
+// Starts an operation by calling @p initiate with a callback, and checks that
+// the callback runs from io.run() only, never inside the initiating call.
+template <typename Initiate>
+completion completed_in_run(asio::io_context& io, Initiate initiate) {
+  completion c;
+  initiate(c.handler());
+  CHECK_FALSE(c.called);
+  io.run();
+  CHECK(c.called);
+  return c;
+}
+
+// Connects @p a to @p b (both of @p io) through the loopback interface.
+void connect_loopback(asio::io_context& io, asio::ip::tcp::socket& a, asio::ip::tcp::socket& b) {
+  asio::ip::tcp::acceptor acceptor(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  run(io, [&]() -> awaitable<void> {
+    co_await (acceptor.async_accept(b, use_awaitable) && a.async_connect(acceptor.local_endpoint(), use_awaitable));
+  }());
+}
+
 } // namespace
 
 // --- every kind of completion token -------------------------------------------
@@ -230,85 +266,44 @@ TEST_CASE("a callback is never invoked inside the initiating call, even when the
   write_raw(p.w.native_handle(), "ready");
   char buf[16];
 
-  bool called = false;
-  std::error_code ec;
-  std::size_t n = 99;
   SUBCASE("read_some with data ready") {
-    coropipe::async_read_some(p.r, asio::buffer(buf), [&](std::error_code e, std::size_t k) {
-      called = true;
-      ec = e;
-      n = k;
-    });
-    CHECK_FALSE(called);
-    io.run();
-    CHECK(called);
-    CHECK_FALSE(ec);
-    CHECK(std::string(buf, n) == "ready");
+    const completion c = completed_in_run(io, [&](auto cb) { coropipe::async_read_some(p.r, asio::buffer(buf), cb); });
+    CHECK_FALSE(c.ec);
+    CHECK(std::string(buf, c.n) == "ready");
   }
   SUBCASE("read_some at end of stream") {
     (void)read_available(p.r.native_handle());
     p.w.close();
-    coropipe::async_read_some(p.r, asio::buffer(buf), [&](std::error_code e, std::size_t k) {
-      called = true;
-      ec = e;
-      n = k;
-    });
-    CHECK_FALSE(called);
-    io.run();
-    CHECK(called);
-    CHECK(ec == asio::error::eof);
-    CHECK(n == 0);
+    const completion c = completed_in_run(io, [&](auto cb) { coropipe::async_read_some(p.r, asio::buffer(buf), cb); });
+    CHECK(c.ec == asio::error::eof);
+    CHECK(c.n == 0);
   }
   SUBCASE("read_some into an empty buffer") {
-    coropipe::async_read_some(p.r, asio::mutable_buffer(), [&](std::error_code e, std::size_t k) {
-      called = true;
-      ec = e;
-      n = k;
-    });
-    CHECK_FALSE(called);
-    io.run();
-    CHECK(called);
-    CHECK_FALSE(ec);
-    CHECK(n == 0);
+    const completion c =
+        completed_in_run(io, [&](auto cb) { coropipe::async_read_some(p.r, asio::mutable_buffer(), cb); });
+    CHECK_FALSE(c.ec);
+    CHECK(c.n == 0);
     CHECK(readable(p.r.native_handle()) == 5);
   }
   SUBCASE("write with room in the pipe") {
-    coropipe::async_write(p.w, asio::buffer(std::string_view("more")), [&](std::error_code e, std::size_t k) {
-      called = true;
-      ec = e;
-      n = k;
-    });
-    CHECK_FALSE(called);
-    io.run();
-    CHECK(called);
-    CHECK_FALSE(ec);
-    CHECK(n == 4);
+    const completion c =
+        completed_in_run(io, [&](auto cb) { coropipe::async_write(p.w, asio::buffer(std::string_view("more")), cb); });
+    CHECK_FALSE(c.ec);
+    CHECK(c.n == 4);
     CHECK(read_available(p.r.native_handle()) == "readymore");
   }
   SUBCASE("write_some with room in the pipe") {
-    coropipe::async_write_some(p.w, asio::buffer(std::string_view("more")), [&](std::error_code e, std::size_t k) {
-      called = true;
-      ec = e;
-      n = k;
-    });
-    CHECK_FALSE(called);
-    io.run();
-    CHECK(called);
-    CHECK_FALSE(ec);
-    CHECK(n == 4);
+    const completion c = completed_in_run(
+        io, [&](auto cb) { coropipe::async_write_some(p.w, asio::buffer(std::string_view("more")), cb); });
+    CHECK_FALSE(c.ec);
+    CHECK(c.n == 4);
   }
   SUBCASE("write to a pipe whose reader is gone") {
     p.r.close();
-    coropipe::async_write(p.w, asio::buffer(std::string_view("more")), [&](std::error_code e, std::size_t k) {
-      called = true;
-      ec = e;
-      n = k;
-    });
-    CHECK_FALSE(called);
-    io.run();
-    CHECK(called);
-    CHECK(ec == asio::error::broken_pipe);
-    CHECK(n == 0);
+    const completion c =
+        completed_in_run(io, [&](auto cb) { coropipe::async_write(p.w, asio::buffer(std::string_view("more")), cb); });
+    CHECK(c.ec == asio::error::broken_pipe);
+    CHECK(c.n == 0);
   }
 }
 
@@ -658,22 +653,15 @@ TEST_CASE("a read cancelled while it waits loses no bytes") {
   }
   SUBCASE("bind_cancellation_slot with a callback") {
     asio::cancellation_signal sig;
-    std::error_code ec;
-    std::size_t n = 99;
-    bool done = false;
-    coropipe::async_read_some(p.r, asio::buffer(buf),
-                              asio::bind_cancellation_slot(sig.slot(), [&](std::error_code e, std::size_t k) {
-                                ec = e;
-                                n = k;
-                                done = true;
-                              }));
+    completion c;
+    coropipe::async_read_some(p.r, asio::buffer(buf), asio::bind_cancellation_slot(sig.slot(), c.handler()));
     io.poll();
-    CHECK_FALSE(done);
+    CHECK_FALSE(c.called);
     sig.emit(asio::cancellation_type::terminal);
     io.run();
-    CHECK(done);
-    CHECK(ec == asio::error::operation_aborted);
-    CHECK(n == 0);
+    CHECK(c.called);
+    CHECK(c.ec == asio::error::operation_aborted);
+    CHECK(c.n == 0);
   }
   SUBCASE("bind_cancellation_slot with as_tuple(use_awaitable)") {
     asio::cancellation_signal sig;
@@ -708,23 +696,18 @@ TEST_CASE("a write cancelled while it waits for room reports what it wrote, and 
   std::size_t reported = 0;
   SUBCASE("bind_cancellation_slot with a callback") {
     asio::cancellation_signal sig;
-    std::error_code ec;
-    bool done = false;
-    coropipe::async_write(p.w, asio::buffer(data),
-                          asio::bind_cancellation_slot(sig.slot(), [&](std::error_code e, std::size_t n) {
-                            ec = e;
-                            reported = n;
-                            done = true;
-                          }));
+    completion c;
+    coropipe::async_write(p.w, asio::buffer(data), asio::bind_cancellation_slot(sig.slot(), c.handler()));
     io.poll();
-    CHECK_FALSE(done);
+    CHECK_FALSE(c.called);
     const std::size_t in_pipe = readable(p.r.native_handle());
     CHECK(in_pipe > 0);
     CHECK(in_pipe < data.size());
     sig.emit(asio::cancellation_type::terminal);
     io.run();
-    CHECK(done);
-    CHECK(ec == asio::error::operation_aborted);
+    CHECK(c.called);
+    CHECK(c.ec == asio::error::operation_aborted);
+    reported = c.n;
     CHECK(reported == in_pipe);
   }
   SUBCASE("use_awaitable || timer") {
@@ -793,12 +776,8 @@ TEST_CASE("works on a socketpair: both directions at once, eof, broken_pipe") {
 
 TEST_CASE("works on a TCP loopback socket") {
   asio::io_context io;
-  asio::ip::tcp::acceptor acceptor(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   asio::ip::tcp::socket a(io), b(io);
-  run(io, [&]() -> awaitable<void> {
-    co_await (acceptor.async_accept(b, use_awaitable) && a.async_connect(acceptor.local_endpoint(), use_awaitable));
-  }());
-  acceptor.close();
+  connect_loopback(io, a, b);
   const std::string a_to_b = pattern(std::size_t{1} << 20, 3), b_to_a = pattern(70000, 4);
   std::string got_b, got_a;
   run_all(io, [&]() -> awaitable<void> {
@@ -819,26 +798,18 @@ TEST_CASE("works on a TCP loopback socket") {
 
   // A callback on a socket, at end of stream.
   char buf[8];
-  std::error_code ec;
-  std::size_t n = 99;
-  coropipe::async_read_some(a, asio::buffer(buf), [&](std::error_code e, std::size_t k) {
-    ec = e;
-    n = k;
-  });
+  completion c;
+  coropipe::async_read_some(a, asio::buffer(buf), c.handler());
   io.restart();
   io.run();
-  CHECK(ec == asio::error::eof);  // b shut down its sending side
-  CHECK(n == 0);
+  CHECK(c.ec == asio::error::eof);  // b shut down its sending side
+  CHECK(c.n == 0);
 }
 
 TEST_CASE("a cancelled read on a TCP socket loses nothing") {
   asio::io_context io;
-  asio::ip::tcp::acceptor acceptor(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   asio::ip::tcp::socket a(io), b(io);
-  run(io, [&]() -> awaitable<void> {
-    co_await (acceptor.async_accept(b, use_awaitable) && a.async_connect(acceptor.local_endpoint(), use_awaitable));
-  }());
-  acceptor.close();
+  connect_loopback(io, a, b);
   run(io, [&]() -> awaitable<void> {
     char buf[64];
     asio::steady_timer t(io, 20ms);

@@ -515,3 +515,26 @@ inline piped_program start_piped_program(const std::vector<std::string>& argv) {
 }
 
 } // namespace coropipe_test
+
+// --- Helpers of the stress scenarios (tests/stress) ---
+
+#include <asio/use_awaitable.hpp>
+
+namespace coropipe_test {
+
+/// Seconds since @p t0, for the throughput a scenario reports.
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+/// Runs @p check (the reading and checking of what @p child wrote), then
+/// waits for @p child (a coropipe::child or process) and stores its exit
+/// status in @p status. One coroutine, so that one deadline covers both, and
+/// the child is reaped only once its stream has been read to the end.
+template <typename Child, typename Status>
+asio::awaitable<void> then_wait(asio::awaitable<void> check, Child& child, Status& status) {
+  co_await std::move(check);
+  status = co_await child.async_wait(asio::use_awaitable);
+}
+
+} // namespace coropipe_test

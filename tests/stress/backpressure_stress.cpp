@@ -42,6 +42,7 @@ using coropipe::unique_fd;
 using coropipe_stress::fill_pattern;
 using coropipe_stress::matches_pattern;
 using coropipe_test::run;
+using coropipe_test::seconds_since;
 
 namespace {
 
@@ -94,55 +95,63 @@ reader_report parse_report(const std::string& s) {
   return r;
 }
 
-// The slow reader of frames: verifies each payload as the next bytes of the
-// pattern, pausing 1 ms every 256 KiB. Exit code 0 when all is intact.
+// What a slow reader has taken in so far: it verifies each piece as the next
+// bytes of the pattern and pauses 1 ms every 256 KiB, so that the writer
+// keeps finding the pipe full.
+class slow_intake {
+public:
+  explicit slow_intake(child_context& ctx) : pause_(ctx.get_executor()) {}
+
+  // Takes in one message (or one read's worth of bytes).
+  awaitable<void> take(const void* data, std::size_t n) {
+    intact_ = intact_ && matches_pattern(data, n, rep_.bytes, seed);
+    rep_.bytes += n;
+    ++rep_.messages;
+    if (rep_.bytes >= next_pause_) {
+      next_pause_ += pause_every;
+      ++rep_.pauses;
+      pause_.expires_after(1ms);
+      co_await pause_.async_wait(use_awaitable);
+    }
+  }
+
+  // Writes the report to @p fd; returns the reader's exit code, 0 when all was intact.
+  int finish(int fd) const {
+    write_report(fd, rep_);
+    return intact_ ? 0 : 3;
+  }
+
+private:
+  asio::steady_timer pause_;
+  reader_report rep_;
+  bool intact_ = true;
+  std::uint64_t next_pause_ = pause_every;
+};
+
+// The slow reader of frames.
 awaitable<int> slow_frame_reader(child_context& ctx, unique_fd in, unique_fd report) {
   framed_stream<> r(ctx.attach(std::move(in)));
-  asio::steady_timer pause(ctx.get_executor());
-  reader_report rep;
-  bool intact = true;
-  std::uint64_t next_pause = pause_every;
+  slow_intake intake(ctx);
   for (;;) {
     auto m = co_await r.async_receive(use_awaitable);
     if (!m) break;
-    intact = intact && matches_pattern(m->data(), m->size(), rep.bytes, seed);
-    rep.bytes += m->size();
-    ++rep.messages;
-    if (rep.bytes >= next_pause) {
-      next_pause += pause_every;
-      ++rep.pauses;
-      pause.expires_after(1ms);
-      co_await pause.async_wait(use_awaitable);
-    }
+    co_await intake.take(m->data(), m->size());
   }
-  write_report(report.get(), rep);
-  co_return intact ? 0 : 3;
+  co_return intake.finish(report.get());
 }
 
 // The slow reader of raw bytes.
 awaitable<int> slow_byte_reader(child_context& ctx, unique_fd in, unique_fd report) {
   auto r = ctx.attach(std::move(in));
-  asio::steady_timer pause(ctx.get_executor());
+  slow_intake intake(ctx);
   std::vector<char> buf(64 << 10);
-  reader_report rep;
-  bool intact = true;
-  std::uint64_t next_pause = pause_every;
   for (;;) {
     auto [ec, n] = co_await coropipe::async_read_some(r, asio::buffer(buf), as_tuple);
     if (ec == asio::error::eof) break;
     if (ec) co_return 2;
-    intact = intact && matches_pattern(buf.data(), n, rep.bytes, seed);
-    rep.bytes += n;
-    ++rep.messages;
-    if (rep.bytes >= next_pause) {
-      next_pause += pause_every;
-      ++rep.pauses;
-      pause.expires_after(1ms);
-      co_await pause.async_wait(use_awaitable);
-    }
+    co_await intake.take(buf.data(), n);
   }
-  write_report(report.get(), rep);
-  co_return intact ? 0 : 3;
+  co_return intake.finish(report.get());
 }
 
 struct memory_watch {
@@ -203,7 +212,7 @@ TEST_CASE("backpressure: framed_stream::async_send to a slow reader keeps the wr
         mem.sample();
       },
       coropipe_stress::size(60s, 600s));
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double secs = seconds_since(start);
   CHECK(rep.bytes == total);
   CHECK(rep.messages == messages);
   CHECK(rep.pauses >= total / pause_every - 1);
@@ -244,7 +253,7 @@ TEST_CASE("backpressure: raw async_write to a slow reader keeps the writer's mem
         mem.sample();
       },
       coropipe_stress::size(60s, 600s));
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double secs = seconds_since(start);
   CHECK(rep.bytes == total);
   CHECK(rep.pauses >= total / pause_every - 1);
   CHECK(mem.max_growth < growth_bound);

@@ -26,17 +26,29 @@
 
 using namespace std::chrono_literals;
 using asio::awaitable;
-using asio::use_awaitable;
-using coropipe::child_context;
 using coropipe::exit_status;
-using coropipe::unique_fd;
 using coropipe_stress::size;
 using coropipe_stress::within;
+using coropipe_test::seconds_since;
+using coropipe_test::then_wait;
 
 namespace {
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+// Checks that every byte stream arrived whole, and that each writer (forked
+// child or cat) exited 0; returns the bytes checked.
+std::size_t check_all_bytes(const std::vector<coropipe_stress::bytes_seen>& seen,
+                            const std::vector<exit_status>& status, std::size_t bytes) {
+  std::size_t total = 0;
+  for (std::size_t i = 0; i < seen.size(); ++i) {
+    CAPTURE(i);
+    CHECK_FALSE(seen[i].mismatch_at.has_value());
+    CHECK(seen[i].bytes == bytes);
+    CHECK(seen[i].eof);
+    CHECK_FALSE(seen[i].error);
+    CHECK(status[i] == exit_status::exited(0));
+    total += seen[i].bytes;
+  }
+  return total;
 }
 
 } // namespace
@@ -57,26 +69,13 @@ TEST_CASE("many forked children stream pseudo-random bytes to the parent at once
     std::vector<exit_status> status(children, exit_status::exited(255));
     std::vector<awaitable<void>> work;
     for (std::size_t i = 0; i < children; ++i) {
-      work.push_back(within(
-          size(60s, 600s),
-          [](asio::posix::stream_descriptor& in, coropipe::child& c, std::uint64_t seed, coropipe_stress::bytes_seen& s,
-             exit_status& st) -> awaitable<void> {
-            co_await coropipe_stress::check_bytes(in, seed, s);
-            st = co_await c.async_wait(use_awaitable);
-          }(ins[i], kids[i], coropipe_stress::child_seed(run_seed, i), seen[i], status[i]),
-          "child " + std::to_string(i)));
+      const std::uint64_t seed = coropipe_stress::child_seed(run_seed, i);
+      work.push_back(within(size(60s, 600s),
+                            then_wait(coropipe_stress::check_bytes(ins[i], seed, seen[i]), kids[i], status[i]),
+                            "child " + std::to_string(i)));
     }
     coropipe_test::run_all(io, std::move(work), size(90s, 900s));
-    std::size_t total = 0;
-    for (std::size_t i = 0; i < children; ++i) {
-      CAPTURE(i);
-      CHECK_FALSE(seen[i].mismatch_at.has_value());
-      CHECK(seen[i].bytes == bytes);
-      CHECK(seen[i].eof);
-      CHECK_FALSE(seen[i].error);
-      CHECK(status[i] == exit_status::exited(0));
-      total += seen[i].bytes;
-    }
+    const std::size_t total = check_all_bytes(seen, status, bytes);
     MESSAGE("bytes: " << children << " forked children x " << bytes << " bytes = " << total << " bytes checked in "
                       << seconds_since(t0) << " s");
   }
@@ -100,15 +99,11 @@ TEST_CASE("many forked children send framed messages to the parent at once") {
     std::vector<exit_status> status(children, exit_status::exited(255));
     std::vector<awaitable<void>> work;
     for (std::size_t i = 0; i < children; ++i) {
-      work.push_back(within(
-          size(60s, 600s),
-          [](coropipe::framed_stream<>& fs, coropipe::child& c, std::uint64_t seed, std::uint32_t id,
-             coropipe_stress::messages_seen& s, exit_status& st) -> awaitable<void> {
-            co_await coropipe_stress::check_messages(fs, seed, id, s);
-            st = co_await c.async_wait(use_awaitable);
-          }(ins[i], kids[i], coropipe_stress::child_seed(run_seed, i), static_cast<std::uint32_t>(i), seen[i],
-            status[i]),
-          "child " + std::to_string(i)));
+      const std::uint64_t seed = coropipe_stress::child_seed(run_seed, i);
+      const auto id = static_cast<std::uint32_t>(i);
+      work.push_back(within(size(60s, 600s),
+                            then_wait(coropipe_stress::check_messages(ins[i], seed, id, seen[i]), kids[i], status[i]),
+                            "child " + std::to_string(i)));
     }
     coropipe_test::run_all(io, std::move(work), size(90s, 900s));
     std::uint64_t total = 0;
@@ -156,26 +151,13 @@ TEST_CASE("many spawned cats round-trip pseudo-random bytes at once") {
           }(procs[i], seed, bytes),
           "writing to cat " + std::to_string(i)));
       // ... and the reader, concurrently.
-      work.push_back(within(
-          size(60s, 600s),
-          [](coropipe::process& p, std::uint64_t s, coropipe_stress::bytes_seen& sn,
-             exit_status& st) -> awaitable<void> {
-            co_await coropipe_stress::check_bytes(p.stdout_pipe(), s, sn);
-            st = co_await p.async_wait(use_awaitable);
-          }(procs[i], seed, seen[i], status[i]),
-          "reading from cat " + std::to_string(i)));
+      work.push_back(within(size(60s, 600s),
+                            then_wait(coropipe_stress::check_bytes(procs[i].stdout_pipe(), seed, seen[i]), procs[i],
+                                      status[i]),
+                            "reading from cat " + std::to_string(i)));
     }
     coropipe_test::run_all(io, std::move(work), size(90s, 900s));
-    std::size_t total = 0;
-    for (std::size_t i = 0; i < cats; ++i) {
-      CAPTURE(i);
-      CHECK_FALSE(seen[i].mismatch_at.has_value());
-      CHECK(seen[i].bytes == bytes);
-      CHECK(seen[i].eof);
-      CHECK_FALSE(seen[i].error);
-      CHECK(status[i] == exit_status::exited(0));
-      total += seen[i].bytes;
-    }
+    const std::size_t total = check_all_bytes(seen, status, bytes);
     MESSAGE("cat: " << cats << " spawned cats x " << bytes << " bytes = " << total
                     << " bytes written, read back and checked in " << seconds_since(t0) << " s");
   }

@@ -47,6 +47,7 @@ using coropipe_stress::fill_pattern;
 using coropipe_stress::matches_pattern;
 using coropipe_test::run;
 using coropipe_test::run_all;
+using coropipe_test::seconds_since;
 
 namespace {
 
@@ -180,7 +181,7 @@ TEST_CASE("EINTR storm: byte transfers through pipes to and from forked children
     CHECK(received == total);
     received_total += received;
   }
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double secs = seconds_since(start);
   const unsigned long signals = storm.count();
   CHECK(signals > 1000);
   MESSAGE("eintr bytes: " << (received_total >> 20) << " MiB echoed through " << children << " forked children in "
@@ -230,7 +231,7 @@ TEST_CASE("EINTR storm: framed messages to and from a forked child") {
           }());
   CHECK(received == messages);
   CHECK(intact == messages);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double secs = seconds_since(start);
   const unsigned long signals = storm.count();
   CHECK(signals > 1000);
   MESSAGE("eintr frames: " << received << " messages (" << (bytes >> 20) << " MiB) echoed by a forked child in "
@@ -302,7 +303,7 @@ TEST_CASE("EINTR storm: spawns, async_communicate and child waits") {
   CHECK(r.out.size() == input.size());
   CHECK(coropipe_stress::fnv1a(r.out.data(), r.out.size()) == coropipe_stress::fnv1a(input.data(), input.size()));
 
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double secs = seconds_since(start);
   const unsigned long signals = storm.count();
   CHECK(signals > 1000);
   MESSAGE("eintr processes: " << spawns << " spawns of /bin/true, " << forks << " fork_child()ren ("

@@ -36,17 +36,13 @@
 using namespace std::chrono_literals;
 using asio::awaitable;
 using asio::use_awaitable;
-using coropipe::child_context;
 using coropipe::exit_status;
-using coropipe::unique_fd;
 using coropipe_stress::size;
 using coropipe_stress::within;
+using coropipe_test::seconds_since;
+using coropipe_test::then_wait;
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // Which children get SIGKILL, and when.
 struct kill_plan {
@@ -101,15 +97,12 @@ TEST_CASE("random SIGKILLs among forked children streaming bytes: exactly the ki
     std::vector<std::error_code> kill_ec(children);
     std::vector<awaitable<void>> work;
     for (std::size_t i = 0; i < children; ++i) {
-      work.push_back(within(
-          size(60s, 600s),
-          [](asio::posix::stream_descriptor& in, coropipe::child& c, std::uint64_t seed, coropipe_stress::bytes_seen& s,
-             exit_status& st) -> awaitable<void> {
-            co_await coropipe_stress::check_bytes(in, seed, s);
-            st = co_await c.async_wait(use_awaitable);
-          }(ins[i], kids[i], coropipe_stress::child_seed(run_seed, i), seen[i], status[i]),
-          "child " + std::to_string(i)));
-      if (plan.doomed[i]) work.push_back(within(size(60s, 600s), kill_later(kids[i], plan.delay[i], kill_ec[i]), "kill"));
+      const std::uint64_t seed = coropipe_stress::child_seed(run_seed, i);
+      work.push_back(within(size(60s, 600s),
+                            then_wait(coropipe_stress::check_bytes(ins[i], seed, seen[i]), kids[i], status[i]),
+                            "child " + std::to_string(i)));
+      if (plan.doomed[i])
+        work.push_back(within(size(60s, 600s), kill_later(kids[i], plan.delay[i], kill_ec[i]), "kill"));
     }
     coropipe_test::run_all(io, std::move(work), size(90s, 900s));
     std::size_t landed = 0, raced = 0, total = 0;
@@ -162,16 +155,13 @@ TEST_CASE("random SIGKILLs among forked children sending framed messages: exactl
     std::vector<std::error_code> kill_ec(children);
     std::vector<awaitable<void>> work;
     for (std::size_t i = 0; i < children; ++i) {
-      work.push_back(within(
-          size(60s, 600s),
-          [](coropipe::framed_stream<>& fs, coropipe::child& c, std::uint64_t seed, std::uint32_t id,
-             coropipe_stress::messages_seen& s, exit_status& st) -> awaitable<void> {
-            co_await coropipe_stress::check_messages(fs, seed, id, s);
-            st = co_await c.async_wait(use_awaitable);
-          }(ins[i], kids[i], coropipe_stress::child_seed(run_seed, i), static_cast<std::uint32_t>(i), seen[i],
-            status[i]),
-          "child " + std::to_string(i)));
-      if (plan.doomed[i]) work.push_back(within(size(60s, 600s), kill_later(kids[i], plan.delay[i], kill_ec[i]), "kill"));
+      const std::uint64_t seed = coropipe_stress::child_seed(run_seed, i);
+      const auto id = static_cast<std::uint32_t>(i);
+      work.push_back(within(size(60s, 600s),
+                            then_wait(coropipe_stress::check_messages(ins[i], seed, id, seen[i]), kids[i], status[i]),
+                            "child " + std::to_string(i)));
+      if (plan.doomed[i])
+        work.push_back(within(size(60s, 600s), kill_later(kids[i], plan.delay[i], kill_ec[i]), "kill"));
     }
     coropipe_test::run_all(io, std::move(work), size(90s, 900s));
     std::size_t landed = 0, raced = 0, truncated = 0;
@@ -256,15 +246,12 @@ TEST_CASE("random SIGKILLs among spawned cats being written to and read from: th
             p.stdin_pipe().close();
           }(procs[i], seed, bytes, written[i], write_ec[i]),
           "writing to cat " + std::to_string(i)));
-      work.push_back(within(
-          size(60s, 600s),
-          [](coropipe::process& p, std::uint64_t s, coropipe_stress::bytes_seen& sn,
-             exit_status& st) -> awaitable<void> {
-            co_await coropipe_stress::check_bytes(p.stdout_pipe(), s, sn);
-            st = co_await p.async_wait(use_awaitable);
-          }(procs[i], seed, seen[i], status[i]),
-          "reading from cat " + std::to_string(i)));
-      if (plan.doomed[i]) work.push_back(within(size(60s, 600s), kill_later(procs[i], plan.delay[i], kill_ec[i]), "kill"));
+      work.push_back(within(size(60s, 600s),
+                            then_wait(coropipe_stress::check_bytes(procs[i].stdout_pipe(), seed, seen[i]), procs[i],
+                                      status[i]),
+                            "reading from cat " + std::to_string(i)));
+      if (plan.doomed[i])
+        work.push_back(within(size(60s, 600s), kill_later(procs[i], plan.delay[i], kill_ec[i]), "kill"));
     }
     coropipe_test::run_all(io, std::move(work), size(90s, 900s));
     std::size_t landed = 0, raced = 0, broken = 0, total = 0;
