@@ -223,12 +223,15 @@ void close_inherited_descriptors(std::span<const int> keep) noexcept {
 // The spare belongs to the process that made it (a child runs its copy, and
 // makes a spare of its own if it forks in turn). Nothing here is written
 // again once prepared, in the parent (std::call_once alone would write its
-// thread-local callable on every call) or in a child.
+// thread-local callable on every call) or in a child. Threads of a process
+// that forks with allow_threads may make their first forks at once: the
+// first spare published wins, the others are deleted unused.
 struct spare {
-  asio::io_context* io = nullptr;
-  pid_t owner = 0;
+  explicit spare(pid_t made_by) : owner(made_by), io(1) {}
+  pid_t owner;
+  asio::io_context io;
 };
-spare spare_context;
+std::atomic<spare*> spare_context{nullptr};
 std::once_flag prepared_once;
 std::atomic<bool> prepared{false};
 void (*volatile exit_now)(int) = ::_exit;
@@ -255,8 +258,13 @@ void prepare_parent(pid_t self) {
       prepared.store(true, std::memory_order_release);
     });
   }
-  if (spare_context.owner != self) {
-    spare_context = spare{new asio::io_context(1), self};  // one per process, for its lifetime
+  spare* current = spare_context.load(std::memory_order_acquire);
+  if (current != nullptr && current->owner == self) return;
+  // The first fork of this process: a spare it inherited is its parent's
+  // (the io_context this very process may be running).
+  auto* fresh = new spare(self);  // one per process, for its lifetime
+  if (!spare_context.compare_exchange_strong(current, fresh, std::memory_order_acq_rel)) {
+    delete fresh;  // another thread of this process published one first
   }
 }
 
@@ -320,7 +328,7 @@ int run_child_body(asio::io_context& io, child_body body, pid_t parent) noexcept
   const std::uint64_t sigpipe_bit = std::uint64_t{1} << (SIGPIPE - 1);
   raw_syscall(SYS_rt_sigprocmask, SIG_BLOCK, reinterpret_cast<long>(&sigpipe_bit), 0, sizeof sigpipe_bit);
   // This copy of the spare is the child's own io_context.
-  asio::io_context& io = *spare_context.io;
+  asio::io_context& io = spare_context.load(std::memory_order_relaxed)->io;
   const int code = run_child_body(io, body, parent);
   // The io_context is not destroyed: run() returned because no work is left,
   // so every coroutine and I/O object has already gone, and tearing down the

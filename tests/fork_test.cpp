@@ -294,6 +294,37 @@ TEST_CASE("fork_child refuses a process with several threads, and allow_threads 
   t.join();
 }
 
+TEST_CASE("with allow_threads, several threads can make a process's first forks at once") {
+  // In a fresh process (whose first forks these are), four threads fork at
+  // the same moment, each on an io_context of its own. Each child must run
+  // and exit with its code; under ThreadSanitizer, coropipe's one-time
+  // preparation must show no data race.
+  const pid_t middle = coropipe_test::fork_raw([] {
+    constexpr int threads = 4;
+    std::atomic<int> ready{0};
+    std::atomic<int> good{0};
+    std::vector<std::thread> pool;
+    for (int i = 0; i < threads; ++i) {
+      pool.emplace_back([&, i] {
+        asio::io_context io;
+        coropipe::fork_options opts;
+        opts.allow_threads = true;
+        ready.fetch_add(1);
+        while (ready.load() < threads) {
+        }
+        auto c = coropipe::fork_child(io, opts, [](child_context&, int code) -> awaitable<int> { co_return code; },
+                                      10 + i);
+        if (c.wait() == exit_status::exited(10 + i)) good.fetch_add(1);
+      });
+    }
+    for (auto& t : pool) t.join();
+    return good.load() == threads ? 0 : 1;
+  });
+  auto status = coropipe_test::wait_for_pid(middle, 60s);
+  REQUIRE(status);
+  CHECK(exit_status::from_wait_status(*status) == exit_status::exited(0));
+}
+
 TEST_CASE("stdio buffered before the fork is printed once") {
   // Run in a plain child whose stdout is a pipe, so that stdio buffers fully.
   auto [in, out] = coropipe::pipe();
