@@ -365,7 +365,8 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
   std::size_t to_close_count = 0;
   const int own_threads = 1 + internal_thread_count() + runtime_threads();
   const bool own_threads_only = ps.threads >= 1 && ps.threads <= own_threads;
-  const bool listed = own_threads_only && list_descriptors_to_close(keep_fds, ps.fd_table_size, to_close, to_close_count);
+  const bool listed =
+      own_threads_only && list_descriptors_to_close(keep_fds, ps.fd_table_size, to_close, to_close_count);
   const pid_t pid = ::fork();
   if (pid < 0) {
     ec = last_error();
@@ -397,7 +398,8 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
     }
   }
   try {
-    return child_access::make(std::allocate_shared<child_state>(asio::recycling_allocator<child_state>(), ex, pid, std::move(pidfd)));
+    return child_access::make(
+        std::allocate_shared<child_state>(asio::recycling_allocator<child_state>(), ex, pid, std::move(pidfd)));
   } catch (...) {
     ::kill(pid, SIGKILL);
     while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
