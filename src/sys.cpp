@@ -80,36 +80,74 @@ int status_fd(pid_t self) noexcept {
   return status_file_of(cur, self);
 }
 
-// Reads the status from @p fd, in small pieces, keeping a partial line:
-// only three short lines matter, and a child copies every stack page its
-// parent wrote. False when it holds no thread count (not a status file).
+// Parses status text: the lines in @p text, the last one perhaps cut short.
+// True when the thread count and the caught signals were both found.
+bool parse_status(std::string_view text, process_status& result, bool& threads, bool& caught) noexcept {
+  while (!text.empty()) {
+    const std::size_t nl = text.find('\n');
+    status_line(text.substr(0, nl), result, threads, caught);
+    if (nl == std::string_view::npos) break;
+    text.remove_prefix(nl + 1);
+  }
+  return threads && caught;
+}
+
+// Reads the status from @p fd in one pread(2): the kernel writes the whole
+// text anew for a read from offset 0, so one read is one consistent
+// snapshot, even with other threads reading the same descriptor (reading
+// it in pieces, each piece could come from another thread's snapshot).
+// False when it holds no thread count (not a status file).
 bool read_status(int fd, process_status& result) noexcept {
-  char buf[256];
-  std::size_t have = 0;
-  off_t offset = 0;
-  bool skipping = false;  // in a line longer than the buffer (Groups:, say): none of ours
+  char buf[2048];
+  ssize_t n;
+  do {
+    n = ::pread(fd, buf, sizeof buf, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n <= 0) return false;
   bool threads = false, caught = false;
+  if (parse_status(std::string_view(buf, static_cast<std::size_t>(n)), result, threads, caught) ||
+      static_cast<std::size_t>(n) < sizeof buf) {
+    return threads;
+  }
+  // Longer than the buffer (a very long Groups: line, say) with what we need
+  // beyond it: read it again through a descriptor of our own, in pieces.
+  const int own = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  if (own < 0) return threads;
+  result = process_status{};
+  threads = caught = false;
+  std::size_t have = 0;
+  bool skipping = false;  // in a line longer than the buffer: none of ours
   while (!(threads && caught)) {
-    const ssize_t n = ::pread(fd, buf + have, sizeof buf - have, offset);
+    n = ::read(own, buf + have, sizeof buf - have);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
-    offset += n;
     have += static_cast<std::size_t>(n);
-    std::size_t start = 0;
-    while (const void* nl = std::memchr(buf + start, '\n', have - start)) {
-      const std::size_t end = static_cast<std::size_t>(static_cast<const char*>(nl) - buf);
-      if (!skipping) status_line(std::string_view(buf + start, end - start), result, threads, caught);
-      skipping = false;
-      start = end + 1;
+    const void* last_nl = nullptr;
+    for (const char* p = buf + have; p > buf;) {
+      if (*--p == '\n') {
+        last_nl = p;
+        break;
+      }
     }
-    if (start == 0 && have == sizeof buf) {
-      skipping = true;
-      have = 0;
+    if (last_nl == nullptr) {
+      if (have == sizeof buf) {
+        skipping = true;
+        have = 0;
+      }
       continue;
     }
-    std::memmove(buf, buf + start, have - start);
-    have -= start;
+    const auto whole = static_cast<std::size_t>(static_cast<const char*>(last_nl) - buf);
+    std::string_view text(buf, whole);
+    if (skipping) {
+      const std::size_t nl = text.find('\n');
+      text = nl == std::string_view::npos ? std::string_view() : text.substr(nl + 1);
+      skipping = false;
+    }
+    parse_status(text, result, threads, caught);
+    std::memmove(buf, buf + whole + 1, have - whole - 1);
+    have -= whole + 1;
   }
+  ::close(own);
   return threads;
 }
 

@@ -13,6 +13,7 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
+#include <grp.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -416,6 +417,53 @@ TEST_CASE("a real-time signal's handler is reset too") {
   });
   CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::killed(rt));
   ::sigaction(rt, &old, nullptr);
+}
+
+TEST_CASE("a /proc/self/status longer than one read still gives the thread count and the caught signals") {
+  // fork_child reads the status in one 2 KiB read; 400 supplementary groups
+  // make its Groups: line alone longer than that, pushing Threads: and
+  // SigCgt: beyond the first read. Needs CAP_SETGID (root), in a process of
+  // its own.
+  const pid_t middle = coropipe_test::fork_raw([] {
+    std::vector<gid_t> groups;
+    for (gid_t g = 0; g < 400; ++g) groups.push_back(1000000 + g);
+    if (::setgroups(groups.size(), groups.data()) != 0) return 77;  // not permitted here
+    const std::string status = coropipe_test::read_all(::open("/proc/self/status", O_RDONLY | O_CLOEXEC));
+    if (status.size() <= 2048 || status.find("SigCgt:") < 2048) return 10;
+    // The caught real-time signal is found (the child dies of it)...
+    const int rt = SIGRTMAX - 1;
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    sigemptyset(&sa.sa_mask);
+    if (::sigaction(rt, &sa, nullptr) != 0) return 11;
+    asio::io_context io;
+    std::vector<int> before;
+    for (int i = 0; i < 4; ++i) {
+      if (i == 1) before = coropipe_test::open_fds();  // with the io_context's own descriptors
+      auto c = coropipe::fork_child(io, [rt](child_context&) -> awaitable<int> {
+        ::raise(rt);
+        co_return 0;
+      });
+      if (c.wait() != exit_status::killed(rt)) return 12;
+    }
+    // ... without a descriptor left behind ...
+    if (coropipe_test::open_fds() != before) return 13;
+    // ... and so is a second thread.
+    std::error_code ec;
+    std::thread t([] { ::usleep(200000); });
+    (void)coropipe::fork_child(io, coropipe::fork_options{}, ec, [](child_context&) -> awaitable<int> { co_return 0; });
+    t.join();
+    return ec == coropipe::errc::fork_in_threaded_process ? 0 : 14;
+  });
+  auto status = coropipe_test::wait_for_pid(middle, 60s);
+  REQUIRE(status);
+  const exit_status st = exit_status::from_wait_status(*status);
+  if (st == exit_status::exited(77)) {
+    MESSAGE("skipped: setgroups() is not permitted here");
+    return;
+  }
+  CAPTURE(st.exit_code());  // 10 to 14: the step that failed
+  CHECK(st == exit_status::exited(0));
 }
 
 TEST_CASE("fork_child survives its /proc/self/status descriptor being closed and its number reused") {
