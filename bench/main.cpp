@@ -139,9 +139,9 @@ std::vector<case_spec> all_cases(const settings& s) {
   cases.push_back({"spawn /bin/true + wait", "{\"programs\": " + std::to_string(spawns) + "}", "programs/s",
                    better::higher, 1.0, [=] { return coropipe_spawns(spawns); }, [=] { return raw_spawns(spawns); },
                    "baseline: posix_spawn + waitpid"});
-  cases.push_back({"spawn /bin/true + wait: floor, pidfd wait through Asio", "{\"programs\": " + std::to_string(spawns) + "}",
-                   "programs/s", better::higher, std::nullopt, [=] { return floor_async_spawns(spawns); },
-                   [=] { return raw_spawns(spawns); },
+  cases.push_back({"spawn /bin/true + wait: floor, pidfd wait through Asio",
+                   "{\"programs\": " + std::to_string(spawns) + "}", "programs/s", better::higher, std::nullopt,
+                   [=] { return floor_async_spawns(spawns); }, [=] { return raw_spawns(spawns); },
                    "reference: glibc's posix_spawn, the program waited for through its pidfd in Asio's reactor, then "
                    "waitid"});
   cases.push_back({"spawn /bin/true + wait, 1 GiB parent",

@@ -353,7 +353,8 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
     return child();
   }
   const process_status ps = read_process_status(parent);
-  if (!opts.allow_threads && ps.threads > 1 + internal_thread_count() + runtime_threads()) {
+  const int own_threads = 1 + internal_thread_count() + runtime_threads();
+  if (!opts.allow_threads && ps.threads > own_threads) {
     ec = errc::fork_in_threaded_process;
     return child();
   }
@@ -363,7 +364,6 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
   // reaper only closes its pidfds, whose numbers nobody reuses meanwhile).
   thread_local std::vector<pollfd> to_close;
   std::size_t to_close_count = 0;
-  const int own_threads = 1 + internal_thread_count() + runtime_threads();
   const bool own_threads_only = ps.threads >= 1 && ps.threads <= own_threads;
   const bool listed =
       own_threads_only && list_descriptors_to_close(keep_fds, ps.fd_table_size, to_close, to_close_count);

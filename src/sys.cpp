@@ -80,16 +80,18 @@ int status_fd(pid_t self) noexcept {
   return status_file_of(cur, self);
 }
 
-// Parses status text: the lines in @p text, the last one perhaps cut short.
-// True when the thread count and the caught signals were both found.
-bool parse_status(std::string_view text, process_status& result, bool& threads, bool& caught) noexcept {
-  while (!text.empty()) {
-    const std::size_t nl = text.find('\n');
-    status_line(text.substr(0, nl), result, threads, caught);
-    if (nl == std::string_view::npos) break;
-    text.remove_prefix(nl + 1);
+// Parses the complete lines of status text in @p text (a last line without
+// its newline is left alone: a read may have cut it short) and returns how
+// many bytes they take. With @p skip_first, the first line (the rest of one
+// too long for the buffer) is skipped.
+std::size_t parse_lines(std::string_view text, bool skip_first, process_status& result, bool& threads,
+                        bool& caught) noexcept {
+  std::size_t done = 0;
+  for (std::size_t nl; (nl = text.find('\n', done)) != std::string_view::npos; done = nl + 1) {
+    if (!skip_first) status_line(text.substr(done, nl - done), result, threads, caught);
+    skip_first = false;
   }
-  return threads && caught;
+  return done;
 }
 
 // Reads the status from @p fd in one pread(2): the kernel writes the whole
@@ -105,12 +107,11 @@ bool read_status(int fd, process_status& result) noexcept {
   } while (n < 0 && errno == EINTR);
   if (n <= 0) return false;
   bool threads = false, caught = false;
-  if (parse_status(std::string_view(buf, static_cast<std::size_t>(n)), result, threads, caught) ||
-      static_cast<std::size_t>(n) < sizeof buf) {
-    return threads;
-  }
+  parse_lines(std::string_view(buf, static_cast<std::size_t>(n)), false, result, threads, caught);
+  if ((threads && caught) || static_cast<std::size_t>(n) < sizeof buf) return threads;
   // Longer than the buffer (a very long Groups: line, say) with what we need
-  // beyond it: read it again through a descriptor of our own, in pieces.
+  // beyond it: read it again, in pieces, through a descriptor of our own
+  // (whose reads all come from one snapshot).
   const int own = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
   if (own < 0) return threads;
   result = process_status{};
@@ -122,30 +123,15 @@ bool read_status(int fd, process_status& result) noexcept {
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     have += static_cast<std::size_t>(n);
-    const void* last_nl = nullptr;
-    for (const char* p = buf + have; p > buf;) {
-      if (*--p == '\n') {
-        last_nl = p;
-        break;
-      }
-    }
-    if (last_nl == nullptr) {
-      if (have == sizeof buf) {
-        skipping = true;
-        have = 0;
-      }
+    const std::size_t done = parse_lines(std::string_view(buf, have), skipping, result, threads, caught);
+    if (done == 0 && have == sizeof buf) {
+      skipping = true;
+      have = 0;
       continue;
     }
-    const auto whole = static_cast<std::size_t>(static_cast<const char*>(last_nl) - buf);
-    std::string_view text(buf, whole);
-    if (skipping) {
-      const std::size_t nl = text.find('\n');
-      text = nl == std::string_view::npos ? std::string_view() : text.substr(nl + 1);
-      skipping = false;
-    }
-    parse_status(text, result, threads, caught);
-    std::memmove(buf, buf + whole + 1, have - whole - 1);
-    have -= whole + 1;
+    if (done > 0) skipping = false;
+    std::memmove(buf, buf + done, have - done);
+    have -= done;
   }
   ::close(own);
   return threads;

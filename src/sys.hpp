@@ -59,7 +59,8 @@ struct process_status {
 };
 // Reads /proc/self/status of the calling process, whose pid is @p self.
 process_status read_process_status(pid_t self) noexcept;
-// That descriptor, or -1 (for the tests' descriptor accounting).
+// The /proc/self/status descriptor read_process_status keeps open in this
+// process, or -1 (for the tests' descriptor accounting).
 int status_file_fd() noexcept;
 
 // Number of threads coropipe itself runs in this process (the reaper).

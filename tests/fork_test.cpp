@@ -419,23 +419,39 @@ TEST_CASE("a real-time signal's handler is reset too") {
   ::sigaction(rt, &old, nullptr);
 }
 
-TEST_CASE("a /proc/self/status longer than one read still gives the thread count and the caught signals") {
-  // fork_child reads the status in one 2 KiB read; 400 supplementary groups
-  // make its Groups: line alone longer than that, pushing Threads: and
-  // SigCgt: beyond the first read. Needs CAP_SETGID (root), in a process of
-  // its own.
-  const pid_t middle = coropipe_test::fork_raw([] {
-    std::vector<gid_t> groups;
-    for (gid_t g = 0; g < 400; ++g) groups.push_back(1000000 + g);
-    if (::setgroups(groups.size(), groups.data()) != 0) return 77;  // not permitted here
-    const std::string status = coropipe_test::read_all(::open("/proc/self/status", O_RDONLY | O_CLOEXEC));
-    if (status.size() <= 2048 || status.find("SigCgt:") < 2048) return 10;
-    // The caught real-time signal is found (the child dies of it)...
+namespace {
+
+// Where SigCgt:'s 16 hex digits start in this process's /proc/self/status.
+std::size_t sigcgt_digits_at() {
+  unique_fd f(::open("/proc/self/status", O_RDONLY | O_CLOEXEC));
+  return coropipe_test::read_all(f.get()).find("SigCgt:\t") + 8;
+}
+
+// fork_child reads /proc/self/status in one 2 KiB read. In a process of its
+// own, supplementary groups lengthen the Groups: line (8 bytes a group) so
+// that either Threads: and SigCgt: lie wholly beyond the first read
+// (cut_in_sigcgt false: 400 groups), or the read ends in the middle of
+// SigCgt:'s digits (true). Then checks that the caught real-time signal is
+// still reset in the child, that no descriptor is left behind, and that a
+// second thread is still refused. Needs CAP_SETGID (root): exit code 77
+// when setgroups() is not permitted; 10 to 14 name the step that failed.
+exit_status long_status_scenario(bool cut_in_sigcgt) {
+  const pid_t middle = coropipe_test::fork_raw([cut_in_sigcgt] {
     const int rt = SIGRTMAX - 1;
     struct sigaction sa {};
     sa.sa_handler = [](int) {};
     sigemptyset(&sa.sa_mask);
     if (::sigaction(rt, &sa, nullptr) != 0) return 11;
+    std::vector<gid_t> groups;
+    const std::size_t wanted = 2048 - 8;  // the read ends after half the digits
+    for (gid_t g = 0; g < 400; ++g) {
+      if (cut_in_sigcgt && sigcgt_digits_at() >= wanted) break;
+      groups.push_back(1000000 + g);
+      if (::setgroups(groups.size(), groups.data()) != 0) return 77;  // not permitted here
+    }
+    const std::size_t digits = sigcgt_digits_at();
+    if (cut_in_sigcgt ? (digits >= 2048 || digits + 16 <= 2048) : digits < 2048) return 10;
+    // The caught real-time signal is found (the child dies of it)...
     asio::io_context io;
     std::vector<int> before;
     for (int i = 0; i < 4; ++i) {
@@ -457,13 +473,22 @@ TEST_CASE("a /proc/self/status longer than one read still gives the thread count
   });
   auto status = coropipe_test::wait_for_pid(middle, 60s);
   REQUIRE(status);
-  const exit_status st = exit_status::from_wait_status(*status);
-  if (st == exit_status::exited(77)) {
-    MESSAGE("skipped: setgroups() is not permitted here");
-    return;
+  return exit_status::from_wait_status(*status);
+}
+
+} // namespace
+
+TEST_CASE("a /proc/self/status longer than one read still gives the thread count and the caught signals") {
+  for (const bool cut_in_sigcgt : {false, true}) {
+    CAPTURE(cut_in_sigcgt);
+    const exit_status st = long_status_scenario(cut_in_sigcgt);
+    if (st == exit_status::exited(77)) {
+      MESSAGE("skipped: setgroups() is not permitted here");
+      return;
+    }
+    CAPTURE(st.exit_code());  // 10 to 14: the step that failed
+    CHECK(st == exit_status::exited(0));
   }
-  CAPTURE(st.exit_code());  // 10 to 14: the step that failed
-  CHECK(st == exit_status::exited(0));
 }
 
 TEST_CASE("fork_child survives its /proc/self/status descriptor being closed and its number reused") {
