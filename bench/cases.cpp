@@ -20,7 +20,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -50,6 +53,33 @@ void pin_child() noexcept {
   CPU_SET(static_cast<std::size_t>(child_cpu), &set);
   ::sched_setaffinity(0, sizeof set, &set);
 }
+
+// The buffers every byte-moving case reads into and writes from, raw and
+// coropipe alike: page-aligned. The kernel copies a pipe's bytes faster to and
+// from a well-aligned buffer (4 KiB chunks: about 10% slower with a 16-byte
+// aligned reader or writer than with page-aligned ones, docs/performance.md),
+// and what alignment malloc gives depends on the heap's history, so it differed
+// between the sides and from run to run.
+class io_buffer {
+public:
+  explicit io_buffer(std::size_t size, char fill = 0) : size_(size) {
+    constexpr std::size_t page = 4096;
+    data_.reset(static_cast<char*>(std::aligned_alloc(page, (size + page - 1) / page * page)));
+    if (!data_) throw std::bad_alloc();
+    std::memset(data_.get(), fill, size);
+  }
+  char* data() const noexcept { return data_.get(); }
+  std::size_t size() const noexcept { return size_; }
+  char& operator[](std::size_t i) const noexcept { return data_.get()[i]; }
+  asio::mutable_buffer all() const noexcept { return {data_.get(), size_}; }
+
+private:
+  struct free_memory {
+    void operator()(char* p) const noexcept { std::free(p); }
+  };
+  std::unique_ptr<char, free_memory> data_;
+  std::size_t size_;
+};
 
 void write_all(int fd, const char* data, std::size_t size) {
   while (size > 0) {
@@ -125,15 +155,16 @@ double raw_throughput(std::size_t chunk, std::size_t total, std::size_t capacity
     pin_child();
     ::close(data[0]);
     ::close(go[1]);
-    std::vector<char> buf(chunk, 'x');
+    io_buffer buf(chunk, 'x');
     char b;
     read_exact(go[0], &b, 1);
-    for (std::size_t sent = 0; sent < total; sent += chunk) write_all(data[1], buf.data(), std::min(chunk, total - sent));
+    for (std::size_t sent = 0; sent < total; sent += chunk)
+      write_all(data[1], buf.data(), std::min(chunk, total - sent));
     ::_exit(0);
   }
   ::close(data[1]);
   ::close(go[0]);
-  std::vector<char> buf(chunk);
+  io_buffer buf(chunk);
   const auto t0 = clock::now();
   write_all(go[1], "g", 1);
   std::size_t got = 0;
@@ -184,7 +215,7 @@ double throughput_with(std::size_t chunk, std::size_t total, std::size_t capacit
         pin_child();
         auto pipe_out = ctx.attach(std::move(w));
         auto gate = ctx.attach(std::move(g));
-        std::vector<char> buf(size, 'x');
+        io_buffer buf(size, 'x');
         char b;
         co_await read_exact(gate, &b, 1);
         for (std::size_t sent = 0; sent < all; sent += size)
@@ -195,11 +226,11 @@ double throughput_with(std::size_t chunk, std::size_t total, std::size_t capacit
   auto reader = coropipe::attach(io, std::move(in));
   auto gate = coropipe::attach(io, std::move(go_out));
   return run_to_completion(io, [&]() -> awaitable<double> {
-    std::vector<char> buf(chunk);
+    io_buffer buf(chunk);
     const auto t0 = clock::now();
     co_await Io::write(gate, asio::buffer("g", 1));
     std::size_t got = 0;
-    while (got < total) got += co_await Io::read_some(reader, asio::buffer(buf));
+    while (got < total) got += co_await Io::read_some(reader, buf.all());
     const double secs = seconds_since(t0);
     const coropipe::exit_status status = co_await kid.async_wait(use_awaitable);
     if (!status.success()) throw std::runtime_error("child failed");
@@ -285,7 +316,8 @@ double coropipe_ping_pong(int rounds) {
 namespace {
 
 // One frame of case 4: the 4-byte big-endian length, then the payload.
-constexpr char frame16[20] = {0, 0, 0, 16, 'p', 'a', 'y', 'l', 'o', 'a', 'd', '-', 's', 'i', 'x', 't', 'e', 'e', 'n', '!'};
+constexpr char frame16[20] = {0,   0,   0,   16,  'p', 'a', 'y', 'l', 'o', 'a',
+                               'd', '-', 's', 'i', 'x', 't', 'e', 'e', 'n', '!'};
 constexpr std::size_t frame_header = 4;
 
 } // namespace
@@ -306,7 +338,7 @@ double raw_messages(int count) {
   }
   ::close(data[1]);
   ::close(go[0]);
-  std::vector<char> buf(1 << 16);
+  io_buffer buf(1 << 16);
   const auto t0 = clock::now();
   write_all(go[1], "g", 1);
   // Parse the frames as they come (a frame may straddle two reads).
@@ -683,7 +715,7 @@ double mixed_throughput(std::size_t chunk, std::size_t total, side reader, side 
     pin_child();
     ::close(data[0]);
     ::close(go[1]);
-    std::vector<char> buf(chunk, 'x');
+    io_buffer buf(chunk, 'x');
     char b;
     read_exact(go[0], &b, 1);
     if (writer == side::floor) {
@@ -703,7 +735,7 @@ double mixed_throughput(std::size_t chunk, std::size_t total, side reader, side 
   }
   ::close(data[1]);
   ::close(go[0]);
-  std::vector<char> buf(chunk);
+  io_buffer buf(chunk);
   double secs = 0;
   if (reader == side::floor) {
     const int ep = epoll_for(data[0]);
@@ -721,7 +753,7 @@ double mixed_throughput(std::size_t chunk, std::size_t total, side reader, side 
       const auto t0 = clock::now();
       write_all(go[1], "g", 1);
       std::size_t got = 0;
-      while (got < total) got += co_await coropipe::async_read_some(in, asio::buffer(buf), use_awaitable);
+      while (got < total) got += co_await coropipe::async_read_some(in, buf.all(), use_awaitable);
       co_return seconds_since(t0);
     }());
   }
@@ -742,7 +774,7 @@ int open_dev_zero() {
 // reads of /dev/zero (never empty, never polled), nanoseconds per read.
 double raw_zero_reads(int count) {
   const int fd = open_dev_zero();
-  std::vector<char> buf(4096);
+  io_buffer buf(4096);
   const auto t0 = clock::now();
   for (int i = 0; i < count; ++i)
     if (::read(fd, buf.data(), buf.size()) <= 0) fail("read");
@@ -755,10 +787,10 @@ double coropipe_zero_reads(int count) {
   const int fd = open_dev_zero();
   asio::io_context io(1);
   auto in = coropipe::attach(io, unique_fd(fd));
-  std::vector<char> buf(4096);
+  io_buffer buf(4096);
   return run_to_completion(io, [&]() -> awaitable<double> {
     const auto t0 = clock::now();
-    for (int i = 0; i < count; ++i) co_await coropipe::async_read_some(in, asio::buffer(buf), use_awaitable);
+    for (int i = 0; i < count; ++i) co_await coropipe::async_read_some(in, buf.all(), use_awaitable);
     co_return seconds_since(t0) / count * 1e9;
   }());
 }
@@ -776,7 +808,7 @@ __attribute__((noinline)) awaitable<std::size_t> plain_read(int fd, char* data, 
 double plain_coroutine_zero_reads(int count) {
   const int fd = open_dev_zero();
   asio::io_context io(1);
-  std::vector<char> buf(4096);
+  io_buffer buf(4096);
   const double ns = run_to_completion(io, [&]() -> awaitable<double> {
     const auto t0 = clock::now();
     for (int i = 0; i < count; ++i)

@@ -3,22 +3,73 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 
 namespace bench {
 
+namespace {
+
+std::string format_value(double v) {
+  char buf[64];
+  if (v == 0) return "0";
+  if (std::fabs(v) >= 1e6) std::snprintf(buf, sizeof buf, "%.3g", v);
+  else if (std::fabs(v) >= 100) std::snprintf(buf, sizeof buf, "%.0f", v);
+  else std::snprintf(buf, sizeof buf, "%.3g", v);
+  return buf;
+}
+
+// How far apart one side's middle samples (its quartiles) may be before the
+// row is measured again. This machine (two vCPUs) has two speeds for anything
+// that crosses between its CPUs, about 3.5x apart, and switches between them
+// every few seconds to minutes (docs/performance.md, "How much the machine
+// moves"). A row that straddles a switch can compare one side's median at one
+// speed with the other side's at the other; within one speed, the middle
+// samples stay well inside this factor, and a lone outlier does not count.
+// Rows longer than remeasure_seconds are kept as they are, to bound a run.
+constexpr double unsteady_spread = 2.0;
+constexpr int max_attempts = 3;
+constexpr double remeasure_seconds = 5.0;
+
+bool steady(std::vector<double> v) {
+  if (v.empty()) return true;
+  std::sort(v.begin(), v.end());
+  const double q1 = v[v.size() / 4];
+  const double q3 = v[v.size() * 3 / 4];
+  return q1 <= 0 || q3 <= q1 * unsteady_spread;
+}
+
+} // namespace
+
 case_result run_case(const case_spec& spec, const settings& s) {
   case_result r;
   r.spec = spec;
   std::fprintf(stderr, "  %-44s", spec.name.c_str());
-  for (int i = 0; i < s.repetitions; ++i) {
-    if (spec.baseline) r.baseline_samples.push_back(spec.baseline());
-    r.coropipe_samples.push_back(spec.coropipe());
-    std::fprintf(stderr, ".");
+  const auto t0 = clock::now();
+  for (int attempt = 1;; ++attempt) {
+    const auto started = clock::now();
+    for (int i = 0; i < s.repetitions || (i < 4 * s.repetitions && seconds_since(started) < s.min_seconds); ++i) {
+      if (spec.baseline) r.baseline_samples.push_back(spec.baseline());
+      r.coropipe_samples.push_back(spec.coropipe());
+      if (s.samples && spec.baseline)
+        std::fprintf(stderr, " %s/%s", format_value(r.coropipe_samples.back()).c_str(),
+                     format_value(r.baseline_samples.back()).c_str());
+      else if (s.samples)
+        std::fprintf(stderr, " %s", format_value(r.coropipe_samples.back()).c_str());
+      else
+        std::fprintf(stderr, ".");
+    }
+    if (!s.remeasure_unsteady || attempt == max_attempts || seconds_since(started) > remeasure_seconds ||
+        (steady(r.coropipe_samples) && steady(r.baseline_samples)))
+      break;
+    std::fprintf(stderr, " unsteady (one side's quartiles more than %gx apart), again:", unsteady_spread);
+    r.coropipe_samples.clear();
+    r.baseline_samples.clear();
+    ++r.remeasured;
   }
-  std::fprintf(stderr, "\n");
+  std::fprintf(stderr, " %.1f s\n", seconds_since(t0));
   r.coropipe = median(r.coropipe_samples);
   if (spec.baseline) {
     r.baseline = median(r.baseline_samples);
@@ -33,15 +84,6 @@ case_result run_case(const case_spec& spec, const settings& s) {
 }
 
 namespace {
-
-std::string format_value(double v) {
-  char buf[64];
-  if (v == 0) return "0";
-  if (std::fabs(v) >= 1e6) std::snprintf(buf, sizeof buf, "%.3g", v);
-  else if (std::fabs(v) >= 100) std::snprintf(buf, sizeof buf, "%.0f", v);
-  else std::snprintf(buf, sizeof buf, "%.3g", v);
-  return buf;
-}
 
 std::string json_number(std::optional<double> v) {
   if (!v || !std::isfinite(*v)) return "null";
@@ -86,6 +128,13 @@ void print_table(const std::vector<case_result>& results) {
   }
   for (const auto& r : results)
     if (!r.spec.note.empty()) std::printf("  %s: %s\n", r.spec.name.c_str(), r.spec.note.c_str());
+  for (const auto& r : results)
+    if (r.remeasured != 0)
+      std::printf("  %s: measured again %d time(s), the machine having changed speed during it%s\n",
+                  r.spec.name.c_str(), r.remeasured,
+                  !(steady(r.coropipe_samples) && steady(r.baseline_samples))
+                      ? "; still unsteady, kept"
+                      : "");
 }
 
 void print_json(const std::vector<case_result>& results) {

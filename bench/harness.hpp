@@ -34,7 +34,13 @@ inline bool pinned = false;
 
 struct settings {
   bool quick = false;
+  // Each side is measured at least `repetitions` times, and more while the
+  // row has taken less than `min_seconds` (at most 4 x repetitions): cheap
+  // rows get the samples that make their medians steady.
   int repetitions = 5;
+  double min_seconds = 0;
+  bool remeasure_unsteady = false;  // see run_case
+  bool samples = false;  // print every sample to stderr as it is taken
 };
 
 /// One measurement of one side: returns the value in the case's unit.
@@ -59,9 +65,13 @@ struct case_result {
   std::optional<bool> met;
   std::vector<double> coropipe_samples;
   std::vector<double> baseline_samples;
+  int remeasured = 0;  // times the row was thrown away as unsteady and measured again
 };
 
-/// Runs a case: the sides alternate, `repetitions` times each.
+/// Runs a case: the sides alternate, `repetitions` times each or more (see
+/// settings). With `remeasure_unsteady`, a row of at most 5 s whose middle
+/// samples on either side are more than 2x apart is measured again (at most
+/// three times in all): the machine changed speed during it.
 case_result run_case(const case_spec& spec, const settings& s);
 
 /// Prints the table, or the JSON document.

@@ -1,6 +1,6 @@
 // coropipe-bench: every case through coropipe and through a raw baseline in
 // the same run, alternating, several repetitions, medians.
-//   coropipe-bench [--quick] [--json] [--no-pin] [--filter SUBSTRING]
+//   coropipe-bench [--quick] [--json] [--no-pin] [--samples] [--repetitions N] [--filter SUBSTRING]
 // By default the process is pinned to one CPU and the streaming cases'
 // children (raw and coropipe alike) to another: see pin_cpus().
 #include "cases.hpp"
@@ -9,6 +9,7 @@
 #include <coropipe/pipe.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -119,7 +120,7 @@ std::vector<case_spec> all_cases(const settings& s) {
                      [=] { return raw_throughput(chunk, total, 0); }, ""});
   }
   // 3. Ping-pong: lower is better; the target 1/1.1 is "at most 1.1x raw".
-  const int rounds = s.quick ? 5000 : 20000;
+  const int rounds = s.quick ? 5000 : 15000;
   cases.push_back({"ping-pong 16 B round trip", "{\"bytes\": 16, \"rounds\": " + std::to_string(rounds) + "}",
                    "us/round trip", better::lower, 1 / 1.1, [=] { return coropipe_ping_pong(rounds); },
                    [=] { return raw_ping_pong(rounds); }, ""});
@@ -135,7 +136,7 @@ std::vector<case_spec> all_cases(const settings& s) {
   // 5. Programs spawned and waited for, one after another; then the same
   // with a parent holding 1 GiB of touched memory, against coropipe's own
   // small-parent rate (the memory is mapped only while that case runs).
-  const int spawns = s.quick ? 300 : 2000;
+  const int spawns = s.quick ? 300 : 1500;
   cases.push_back({"spawn /bin/true + wait", "{\"programs\": " + std::to_string(spawns) + "}", "programs/s",
                    better::higher, 1.0, [=] { return coropipe_spawns(spawns); }, [=] { return raw_spawns(spawns); },
                    "baseline: posix_spawn + waitpid"});
@@ -211,17 +212,29 @@ int main(int argc, char** argv) {
   bool json = false;
   bool pin = true;
   std::string filter;
+  int repetitions = 0;  // 0: the default for a full or a quick run
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) s.quick = true;
     else if (std::strcmp(argv[i], "--json") == 0) json = true;
     else if (std::strcmp(argv[i], "--no-pin") == 0) pin = false;
+    else if (std::strcmp(argv[i], "--samples") == 0) s.samples = true;
+    else if (std::strcmp(argv[i], "--repetitions") == 0 && i + 1 < argc) {
+      repetitions = std::atoi(argv[++i]);
+      if (repetitions <= 0) {
+        std::fprintf(stderr, "coropipe-bench: --repetitions wants a positive number, not \"%s\"\n", argv[i]);
+        return 2;
+      }
+    }
     else if (std::strcmp(argv[i], "--filter") == 0 && i + 1 < argc) filter = argv[++i];
     else {
-      std::fprintf(stderr, "usage: coropipe-bench [--quick] [--json] [--no-pin] [--filter SUBSTRING]\n");
+      std::fprintf(stderr, "usage: coropipe-bench [--quick] [--json] [--no-pin] [--samples] [--repetitions N]"
+                           " [--filter SUBSTRING]\n");
       return std::strcmp(argv[i], "--help") == 0 ? 0 : 2;
     }
   }
-  s.repetitions = s.quick ? 3 : 7;
+  s.repetitions = repetitions != 0 ? repetitions : s.quick ? 3 : 7;
+  s.min_seconds = s.quick ? 0 : 1.0;
+  s.remeasure_unsteady = !s.quick;  // --quick proves the suite works; it judges no number
   pinned = pin && pin_cpus();
   std::vector<case_result> results;
   try {
