@@ -28,10 +28,14 @@ std::string format_value(double v) {
 // moves"). A row that straddles a switch can compare one side's median at one
 // speed with the other side's at the other; within one speed, the middle
 // samples stay well inside this factor, and a lone outlier does not count.
-// Rows longer than remeasure_seconds are kept as they are, to bound a run.
+// Rows longer than remeasure_seconds are kept as they are, and a run spends
+// at most remeasure_budget seconds measuring again, to keep a full run
+// within its 3 minutes.
 constexpr double unsteady_spread = 2.0;
 constexpr int max_attempts = 3;
 constexpr double remeasure_seconds = 5.0;
+constexpr double remeasure_budget = 20.0;
+double remeasure_spent = 0;
 
 bool steady(std::vector<double> v) {
   if (v.empty()) return true;
@@ -61,9 +65,11 @@ case_result run_case(const case_spec& spec, const settings& s) {
       else
         std::fprintf(stderr, ".");
     }
-    if (!s.remeasure_unsteady || attempt == max_attempts || seconds_since(started) > remeasure_seconds ||
-        (steady(r.coropipe_samples) && steady(r.baseline_samples)))
+    const double took = seconds_since(started);
+    if (!s.remeasure_unsteady || attempt == max_attempts || took > remeasure_seconds ||
+        remeasure_spent + took > remeasure_budget || (steady(r.coropipe_samples) && steady(r.baseline_samples)))
       break;
+    remeasure_spent += took;
     std::fprintf(stderr, " unsteady (one side's quartiles more than %gx apart), again:", unsteady_spread);
     r.coropipe_samples.clear();
     r.baseline_samples.clear();

@@ -71,7 +71,7 @@ struct case_result {
 /// Runs a case: the sides alternate, `repetitions` times each or more (see
 /// settings). With `remeasure_unsteady`, a row of at most 5 s whose middle
 /// samples on either side are more than 2x apart is measured again (at most
-/// three times in all): the machine changed speed during it.
+/// three times in all, and 20 s in a run): the machine changed speed during it.
 case_result run_case(const case_spec& spec, const settings& s);
 
 /// Prints the table, or the JSON document.
