@@ -4,6 +4,8 @@
 #include <coropipe/fork.hpp>
 #include <coropipe/sigpipe.hpp>
 
+#include <fcntl.h>
+
 namespace coropipe {
 
 asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd fd,
@@ -14,6 +16,16 @@ asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd
     ec = std::error_code(EBADF, std::system_category());
     return stream;
   }
+#if defined(ASIO_HAS_IO_URING_AS_DEFAULT)
+  // Asio's epoll reactor registers the descriptor here, and so refuses one
+  // that is not open (EBADF); its io_uring backend does not look at it until
+  // the first operation. Checked here, so that a stale number is reported,
+  // not owned (and later closed, perhaps after being reused).
+  if (::fcntl(fd.get(), F_GETFD) < 0) {
+    ec = std::error_code(errno, std::system_category());
+    return stream;
+  }
+#endif
   // Ownership passes only once the reactor has accepted the descriptor; on
   // failure fd still owns it and closes it.
   stream.assign(fd.get(), ec);

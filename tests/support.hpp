@@ -34,6 +34,19 @@ int status_file_fd() noexcept;        // src/sys.cpp
 
 namespace coropipe_test {
 
+/// Whether this build runs on Asio's io_uring backend (COROPIPE_IO_URING),
+/// where descriptors are not registered when assigned: no epoll instance, no
+/// O_NONBLOCK set by Asio, no refusal of a descriptor at attach().
+#if defined(ASIO_HAS_IO_URING_AS_DEFAULT)
+inline constexpr bool io_uring_backend = true;
+#else
+inline constexpr bool io_uring_backend = false;
+#endif
+
+} // namespace coropipe_test
+
+namespace coropipe_test {
+
 using namespace std::chrono_literals;
 
 /// Runs @p io until @p done is set or @p timeout passes. Unlike run_for(),

@@ -17,15 +17,17 @@ namespace coropipe {
 /// Wraps @p fd in an `asio::posix::stream_descriptor` on @p ex, which then
 /// owns it. Works for pipe ends, sockets, terminals and other pollable files.
 ///
-/// The descriptor stays blocking until Asio's first operation on it sets
+/// The descriptor stays blocking until the first operation that needs it
+/// non-blocking (any of coropipe's; Asio's own on its epoll backend) sets
 /// O_NONBLOCK, which affects the open file description shared with any other
 /// process holding it: never hand an attached end to an exec'd program.
 ///
 /// Also blocks SIGPIPE in the calling thread (see sigpipe.hpp), so writes to a
 /// pipe whose reader is gone fail with `asio::error::broken_pipe`.
 ///
-/// @throws std::system_error naming "attach": EBADF for an empty @p fd, or
-/// what registering with the reactor reports. @p fd is closed in that case.
+/// @throws std::system_error naming "attach": EBADF for an empty @p fd or a
+/// descriptor number that is not open, or what registering with the reactor
+/// reports. @p fd is closed in that case.
 [[nodiscard]] asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd fd);
 /// As attach(), reporting the error in @p ec; the result is then not open.
 [[nodiscard]] asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd fd,

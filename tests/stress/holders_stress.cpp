@@ -73,11 +73,15 @@ awaitable<std::string> read_line(asio::posix::stream_descriptor& in) {
 }
 
 // True when no byte and no end of stream arrive on @p in within @p quiet.
+// coropipe's read, not Asio's: on Asio 1.22's io_uring backend, Asio's own
+// async_read_some on a descriptor set non-blocking (as coropipe's operations
+// set it) is not cancelled when the timer wins; it completes only once data or
+// the end of the stream arrives (docs/performance.md, "io_uring").
 awaitable<bool> stays_open(asio::posix::stream_descriptor& in, std::chrono::milliseconds quiet) {
   using namespace asio::experimental::awaitable_operators;
   char c;
   asio::steady_timer t(co_await asio::this_coro::executor, quiet);
-  auto r = co_await (in.async_read_some(asio::buffer(&c, 1), as_tuple) || t.async_wait(use_awaitable));
+  auto r = co_await (coropipe::async_read_some(in, asio::buffer(&c, 1), as_tuple) || t.async_wait(use_awaitable));
   co_return r.index() == 1;
 }
 
