@@ -43,10 +43,6 @@ inline constexpr bool io_uring_backend = true;
 inline constexpr bool io_uring_backend = false;
 #endif
 
-} // namespace coropipe_test
-
-namespace coropipe_test {
-
 using namespace std::chrono_literals;
 
 /// Runs @p io until @p done is set or @p timeout passes. Unlike run_for(),
@@ -358,7 +354,8 @@ inline program_result finish_program(started_program& p, std::chrono::millisecon
   char buf[65536];
   while (p.out >= 0 || p.err >= 0) {
     pollfd fds[2] = {{p.out, POLLIN, 0}, {p.err, POLLIN, 0}};
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       ::kill(p.pid, SIGKILL);
       ::waitpid(p.pid, nullptr, 0);

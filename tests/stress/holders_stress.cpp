@@ -137,7 +137,8 @@ TEST_CASE("a grandchild holding stdout: the wait completes, reads see end of str
     // printed, although the grandchild still holds the pipe.
     process q = coropipe::spawn(io, {.argv = grandchild_argv, .out = stdio::pipe()});
     const auto t1 = std::chrono::steady_clock::now();
-    auto [ec, r] = coropipe_test::run(io, within(5s, coropipe::async_communicate(q, "", as_tuple), "async_communicate"));
+    auto [ec, r] =
+        coropipe_test::run(io, within(5s, coropipe::async_communicate(q, "", as_tuple), "async_communicate"));
     worst_communicate_ms = std::max(worst_communicate_ms, ms_since(t1));
     CHECK_FALSE(ec);
     CHECK(r.status == exit_status::exited(0));
