@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The bench's replacement of the global operator new: it counts calls, so that
 // case 7 can show that steady-state messaging allocates nothing. In a file of
 // its own, away from code that could inline the allocator's pairs.

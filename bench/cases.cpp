@@ -1,14 +1,11 @@
+// SPDX-License-Identifier: BSL-1.0
 // The cases of coropipe-bench: each as a raw baseline (plain C++ on the
 // system calls, blocking, no Asio) and through coropipe.
 #include "cases.hpp"
 
 #include <coropipe/coropipe.hpp>
 
-#include <asio/co_spawn.hpp>
-#include <asio/read.hpp>
-#include <asio/write.hpp>
-#include <asio/io_context.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <fcntl.h>
 #include <spawn.h>
@@ -40,7 +37,7 @@ using asio::use_awaitable;
 using coropipe::child_context;
 using coropipe::unique_fd;
 
-[[noreturn]] void fail(const char* what) { throw std::system_error(errno, std::system_category(), what); }
+[[noreturn]] void fail(const char* what) { throw coropipe::system_error(errno, coropipe::system_category(), what); }
 
 // Where the streaming cases' child runs (-1: anywhere); see pin_cpus().
 int child_cpu = -1;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "harness.hpp"
 
 #include <sys/utsname.h>

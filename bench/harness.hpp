@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // coropipe-bench's harness: cases measured twice in one process run (through
 // coropipe and through a raw baseline), alternating, with medians.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // coropipe-bench: every case through coropipe and through a raw baseline in
 // the same run, alternating, several repetitions, medians.
 //   coropipe-bench [--quick] [--json] [--no-pin] [--samples] [--repetitions N] [--filter SUBSTRING]

@@ -1,12 +1,11 @@
+// SPDX-License-Identifier: BSL-1.0
 // Case 7: memory. The bench replaces the global operator new to count
 // allocations; steady-state messaging must make none.
 #include "cases.hpp"
 
 #include <coropipe/coropipe.hpp>
 
-#include <asio/co_spawn.hpp>
-#include <asio/io_context.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <malloc.h>
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSL-1.0
 # Per-target warning and sanitizer settings for coropipe's own targets.
 # Nothing here touches global flags: a parent project's settings stay its own.
 

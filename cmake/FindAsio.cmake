@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSL-1.0
 # FindAsio: standalone (non-Boost) Asio, e.g. Debian's libasio-dev.
 #
 # Asio is header-only and ships no CMake package, so this module provides the

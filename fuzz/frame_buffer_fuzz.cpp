@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Differential fuzz target for the receive side's frame decoder.
 //
 // Input layout: byte 0 picks the maximum message size, byte 1 seeds the
@@ -22,7 +23,7 @@ namespace {
 
 struct outcome {
   std::vector<std::string> payloads;
-  std::error_code error;  // clear: ended between frames
+  coropipe::error_code error;  // clear: ended between frames
 };
 
 // The wire format, written as plainly as possible.
@@ -72,14 +73,14 @@ outcome decode_in_chunks(const std::uint8_t* data, std::size_t size, std::uint64
   std::uint32_t rng = seed * 2654435761U + 1;
   std::size_t pos = 0;
   for (;;) {
-    std::error_code ec;
+    coropipe::error_code ec;
     while (auto msg = buf.next(ec)) {
       if (msg->size() > max) std::abort();
       out.payloads.emplace_back(reinterpret_cast<const char*>(msg->data()), msg->size());
     }
     if (ec) {
       out.error = ec;
-      std::error_code again;  // errors are sticky
+      coropipe::error_code again;  // errors are sticky
       if (buf.next(again) || again != ec || buf.finish() != ec) std::abort();
       return out;
     }

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSL-1.0
 """Drives echo_worker from Python through multiprocessing.connection.
 
     echo_client.py path/to/echo_worker [size ...]

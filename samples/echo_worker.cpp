@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // echo_worker: reads messages on its stdin and writes each one back,
 // unchanged, on its stdout, until end of stream; then exits 0.
 //
@@ -10,9 +11,7 @@
 
 #include "spam_cli.hpp"
 
-#include <asio/co_spawn.hpp>
-#include <asio/io_context.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // pipeline: runs `A ... '|' B ... '|' C ...` given as arguments, like a shell
 // would run `A ... | B ... | C ...` but without a shell:
 //
@@ -18,11 +19,8 @@
 // a usage error. See docs/tutorial/03-programs.md.
 #include <coropipe/coropipe.hpp>
 
-#include <asio/co_spawn.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/io_context.hpp>
-#include <asio/signal_set.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
+#include COROPIPE_ASIO_INCLUDE(signal_set.hpp)
 
 #include <signal.h>
 
@@ -35,7 +33,7 @@
 #include <system_error>
 #include <vector>
 
-using namespace asio::experimental::awaitable_operators;
+using namespace coropipe::compat::awaitable_operators;
 using namespace std::chrono_literals;
 
 namespace {
@@ -109,7 +107,7 @@ int main(int argc, char** argv) {
     });
     io.run();
     // [docs:end]
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     // "coropipe::spawn: stage 1 (sortx): execve sortx: No such file or directory";
     // the stages already started were killed and reaped.
     std::fprintf(stderr, "pipeline: %s\n", e.what());

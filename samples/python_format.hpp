@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Printing values the way Python prints them, so that the C++ samples'
 // output matches the seed's line for line:
 //   print('Parent {} got [{}] as {}'.format(os.getpid(), line, time.time()))

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // request_reply: a parent asks a forked worker questions over a duplex
 // channel, waiting for each answer with a timeout.
 //
@@ -13,17 +14,13 @@
 
 #include "spam_cli.hpp"
 
-#include <asio/co_spawn.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/io_context.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <cstdint>
 #include <cstdio>
 #include <string_view>
 
-using namespace asio::experimental::awaitable_operators;
+using namespace coropipe::compat::awaitable_operators;
 using namespace std::chrono_literals;
 
 namespace {

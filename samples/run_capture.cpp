@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // run_capture: runs the command given on its command line, captures its
 // stdout and its stderr separately and concurrently, and prints them
 // labelled, with the way it ended:
@@ -15,10 +16,7 @@
 // run_capture's own. See docs/tutorial/03-programs.md.
 #include <coropipe/coropipe.hpp>
 
-#include <asio/co_spawn.hpp>
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/io_context.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <cerrno>
 #include <cstdio>
@@ -58,7 +56,7 @@ int main(int argc, char** argv) {
     program = coropipe::spawn(io, {.argv = {argv + 1, argv + argc},
                                    .out = coropipe::stdio::pipe(),
                                    .err = coropipe::stdio::pipe()});
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     // Not started: an error naming the step, such as
     // "coropipe::spawn: execve nosuch: No such file or directory".
     std::fprintf(stderr, "run_capture: %s\n", e.what());
@@ -72,9 +70,9 @@ int main(int argc, char** argv) {
   // Reads stdout and stderr concurrently (a program that fills one pipe while
   // a sequential reader waits on the other would deadlock), then reaps it.
   coropipe::communicate_result result;
-  std::error_code error;
-  asio::co_spawn(io, coropipe::async_communicate(program, "", asio::experimental::as_tuple(asio::use_awaitable)),
-                 [&](std::exception_ptr e, std::tuple<std::error_code, coropipe::communicate_result> r) {
+  coropipe::error_code error;
+  asio::co_spawn(io, coropipe::async_communicate(program, "", coropipe::compat::as_tuple(asio::use_awaitable)),
+                 [&](std::exception_ptr e, std::tuple<coropipe::error_code, coropipe::communicate_result> r) {
                    if (e) std::rethrow_exception(e);  // out of io.run()
                    std::tie(error, result) = std::move(r);
                  });

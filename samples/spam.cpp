@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // spam: the seed's program, in C++20 coroutines on coropipe.
 //
 // The seed (Programming Python) creates a pipe, forks, and has the child
@@ -10,14 +11,8 @@
 #include "python_format.hpp"
 #include "spam_cli.hpp"
 
-#include <asio/co_spawn.hpp>
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/io_context.hpp>
-#include <asio/signal_set.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
-#include <asio/write.hpp>
+#include <coropipe/asio.hpp>
+#include COROPIPE_ASIO_INCLUDE(signal_set.hpp)
 
 #include <signal.h>
 #include <unistd.h>
@@ -28,7 +23,7 @@
 #include <string>
 #include <vector>
 
-using namespace asio::experimental::awaitable_operators;
+using namespace coropipe::compat::awaitable_operators;
 using namespace std::chrono_literals;
 
 namespace {
@@ -57,17 +52,17 @@ asio::awaitable<int> child(coropipe::child_context& ctx, coropipe::unique_fd pip
 // stopped it. It reports errors as values, not exceptions, because it runs in
 // an `a || b` race below: Asio 1.22's operator|| waits for the first branch to
 // *succeed*, so a branch that threw would leave the other one running.
-asio::awaitable<std::error_code> parent(asio::posix::stream_descriptor& pipein, std::size_t read_size) {
+asio::awaitable<coropipe::error_code> parent(asio::posix::stream_descriptor& pipein, std::size_t read_size) {
   std::vector<char> line(read_size);
   for (;;) {
     auto [ec, n] = co_await pipein.async_read_some(
-        asio::buffer(line), asio::experimental::as_tuple(asio::use_awaitable));
-    if (ec == asio::error::eof) co_return std::error_code();  // the child closed its end
+        asio::buffer(line), coropipe::compat::as_tuple(asio::use_awaitable));
+    if (ec == asio::error::eof) co_return coropipe::error_code();  // the child closed its end
     if (ec) co_return ec;
     std::printf("Parent %d got [%s] as %s\n", static_cast<int>(::getpid()),
                 samples::bytes_repr({line.data(), n}).c_str(),
                 samples::float_repr(samples::unix_time()).c_str());
-    if (std::ferror(stdout)) co_return std::error_code(errno, std::system_category());
+    if (std::ferror(stdout)) co_return coropipe::error_code(errno, coropipe::system_category());
   }
 }
 // [docs:end]
@@ -88,7 +83,7 @@ asio::awaitable<outcome> supervise(coropipe::child& kid, asio::posix::stream_des
     co_await kid.async_stop(50ms, asio::use_awaitable);
     co_return outcome{0, std::get<1>(first)};
   }
-  if (const std::error_code ec = std::get<0>(first)) {
+  if (const coropipe::error_code ec = std::get<0>(first)) {
     co_await kid.async_stop(50ms, asio::use_awaitable);
     // Our own reader went away (spam | head): end quietly, as SIGPIPE would.
     if (ec == std::errc::broken_pipe) co_return outcome{128 + SIGPIPE, 0};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The command line shared by the spam samples.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // spam_messages: the spam sample with messages instead of bytes.
 //
 // The child sends each "Spam N" as one message on a coropipe::channel; the
@@ -9,13 +10,8 @@
 #include "python_format.hpp"
 #include "spam_cli.hpp"
 
-#include <asio/co_spawn.hpp>
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/io_context.hpp>
-#include <asio/signal_set.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
+#include COROPIPE_ASIO_INCLUDE(signal_set.hpp)
 
 #include <signal.h>
 #include <unistd.h>
@@ -24,7 +20,7 @@
 #include <cstdio>
 #include <string>
 
-using namespace asio::experimental::awaitable_operators;
+using namespace coropipe::compat::awaitable_operators;
 using namespace std::chrono_literals;
 
 namespace {
@@ -47,15 +43,15 @@ asio::awaitable<int> child(coropipe::child_context& ctx, coropipe::unique_fd pip
 // [docs:end]
 
 // [docs:messages-parent]
-asio::awaitable<std::error_code> parent(coropipe::channel<std::string>& in) {
+asio::awaitable<coropipe::error_code> parent(coropipe::channel<std::string>& in) {
   std::string msg;
   for (;;) {
-    auto [ec, got] = co_await in.async_receive(msg, asio::experimental::as_tuple(asio::use_awaitable));
+    auto [ec, got] = co_await in.async_receive(msg, coropipe::compat::as_tuple(asio::use_awaitable));
     if (ec) co_return ec;           // e.g. coropipe::errc::truncated_message
     if (!got) co_return ec;         // a clean end of stream, between messages
     std::printf("Parent %d got [%s] as %s\n", static_cast<int>(::getpid()), samples::bytes_repr(msg).c_str(),
                 samples::float_repr(samples::unix_time()).c_str());
-    if (std::ferror(stdout)) co_return std::error_code(errno, std::system_category());
+    if (std::ferror(stdout)) co_return coropipe::error_code(errno, coropipe::system_category());
   }
 }
 // [docs:end]
@@ -72,7 +68,7 @@ asio::awaitable<outcome> supervise(coropipe::child& kid, coropipe::channel<std::
     co_await kid.async_stop(50ms, asio::use_awaitable);
     co_return outcome{0, std::get<1>(first)};
   }
-  if (const std::error_code ec = std::get<0>(first)) {
+  if (const coropipe::error_code ec = std::get<0>(first)) {
     co_await kid.async_stop(50ms, asio::use_awaitable);
     if (ec == std::errc::broken_pipe) co_return outcome{128 + SIGPIPE, 0};
     std::fprintf(stderr, "spam_messages: %s\n", ec.message().c_str());

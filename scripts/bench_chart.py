@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSL-1.0
 """Draws coropipe-bench's results as SVG charts, with nothing but Python's
 standard library (no network, no plotting package).
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSL-1.0
 """Reads what `coropipe-bench --samples` prints on stderr and judges each row
 pair by pair, with nothing but Python's standard library.
 

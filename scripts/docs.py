@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSL-1.0
 """Keeps docs/ honest. Needs nothing but Python 3's standard library.
 
   scripts/docs.py --check    fail (exit 1) if anything below is out of date

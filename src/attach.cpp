@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/attach.hpp>
 
 #include <coropipe/error.hpp>
@@ -9,11 +10,11 @@
 namespace coropipe {
 
 asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd fd,
-                                      std::error_code& ec) {
+                                      error_code& ec) {
   ec.clear();
   asio::posix::stream_descriptor stream(ex);
   if (!fd) {
-    ec = std::error_code(EBADF, std::system_category());
+    ec = detail::errno_code(EBADF);
     return stream;
   }
 #if defined(ASIO_HAS_IO_URING_AS_DEFAULT)
@@ -22,7 +23,7 @@ asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd
   // the first operation. Checked here, so that a stale number is reported,
   // not owned (and later closed, perhaps after being reused).
   if (::fcntl(fd.get(), F_GETFD) < 0) {
-    ec = std::error_code(errno, std::system_category());
+    ec = detail::errno_code(errno);
     return stream;
   }
 #endif
@@ -31,8 +32,8 @@ asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd
   stream.assign(fd.get(), ec);
   if (ec) {
     // Asio reports errno values in its own "asio.system" category; coropipe's
-    // synchronous calls report them in std::system_category(), like errno.
-    ec = std::error_code(ec.value(), std::system_category());
+    // synchronous calls report them in coropipe::system_category(), like errno.
+    ec = detail::errno_code(ec.value());
     return stream;
   }
   (void)fd.release();
@@ -41,7 +42,7 @@ asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd
 }
 
 asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd fd) {
-  std::error_code ec;
+  error_code ec;
   auto stream = attach(ex, std::move(fd), ec);
   if (ec) detail::throw_error(ec, "coropipe::attach");
   return stream;

@@ -1,10 +1,12 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/child.hpp>
 
 #include <coropipe/error.hpp>
 
 #include "sys.hpp"
 
-#include <asio/system_executor.hpp>
+#include <coropipe/asio.hpp>
+#include COROPIPE_ASIO_INCLUDE(system_executor.hpp)
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -28,7 +30,7 @@ exit_status status_from(const siginfo_t& info) noexcept {
 
 // waitid() on one pid, retried on EINTR. Returns false with ec set on error;
 // info.si_pid stays 0 when WNOHANG found the child still running.
-bool wait_pid(pid_t pid, siginfo_t& info, int options, std::error_code& ec) noexcept {
+bool wait_pid(pid_t pid, siginfo_t& info, int options, error_code& ec) noexcept {
   info = siginfo_t{};
   while (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | options) != 0) {
     if (errno != EINTR) {
@@ -44,13 +46,13 @@ bool wait_pid(pid_t pid, siginfo_t& info, int options, std::error_code& ec) noex
 child_state::child_state(const asio::any_io_executor& ex, pid_t child_pid, unique_fd fd)
     : pid(child_pid), pidfd(ex) {
   if (fd) {
-    std::error_code ec;
+    error_code ec;
     pidfd.assign(fd.get(), ec);
     if (!ec) (void)fd.release();  // otherwise fd closes it and waits poll
   }
 }
 
-std::optional<exit_status> child_state::try_reap(std::error_code& ec) noexcept {
+std::optional<exit_status> child_state::try_reap(error_code& ec) noexcept {
   ec.clear();
   if (status) return status;
   siginfo_t info;
@@ -59,7 +61,7 @@ std::optional<exit_status> child_state::try_reap(std::error_code& ec) noexcept {
   return status;
 }
 
-void signal_child(child_state& st, int signo, std::error_code& ec) noexcept {
+void signal_child(child_state& st, int signo, error_code& ec) noexcept {
   ec.clear();
   if (st.status) return;  // reaped: its pid may belong to someone else now
   const int r = st.pidfd.is_open() ? sys_pidfd_send_signal(st.pidfd.native_handle(), signo)
@@ -69,12 +71,12 @@ void signal_child(child_state& st, int signo, std::error_code& ec) noexcept {
 
 asio::any_io_executor fallback_executor() { return asio::system_executor(); }
 
-std::error_code wait_op::make_no_child_error() noexcept { return errc::no_child; }
+error_code wait_op::make_no_child_error() noexcept { return errc::no_child; }
 
 } // namespace detail
 
 child child::adopt(const executor_type& ex, pid_t pid) {
-  std::error_code ec;
+  error_code ec;
   if (pid <= 0) detail::throw_error(std::make_error_code(std::errc::invalid_argument), "coropipe::child::adopt");
   // It must be our child, and not yet reaped by anyone.
   siginfo_t info{};
@@ -88,7 +90,7 @@ child child::adopt(const executor_type& ex, pid_t pid) {
       if (err == ENOSYS || err == EPERM || err == EACCES) {
         detail::remember_pidfds_unavailable();
       } else {
-        detail::throw_error(std::error_code(err, std::system_category()), "coropipe::child::adopt",
+        detail::throw_error(detail::errno_code(err), "coropipe::child::adopt",
                             "pidfd_open");
       }
     }
@@ -108,7 +110,7 @@ child::~child() { kill_and_reap(); }
 
 void child::kill_and_reap() noexcept {
   if (!state_ || state_->status) return;
-  std::error_code ec;
+  error_code ec;
   detail::signal_child(*state_, SIGKILL, ec);
   siginfo_t info;
   if (detail::wait_pid(state_->pid, info, 0, ec)) state_->status = detail::status_from(info);
@@ -123,7 +125,7 @@ child::executor_type child::get_executor() const {
   return state_ ? state_->pidfd.get_executor() : detail::fallback_executor();
 }
 
-exit_status child::wait(std::error_code& ec) noexcept {
+exit_status child::wait(error_code& ec) noexcept {
   ec.clear();
   if (!state_) {
     ec = errc::no_child;
@@ -137,13 +139,13 @@ exit_status child::wait(std::error_code& ec) noexcept {
 }
 
 exit_status child::wait() {
-  std::error_code ec;
+  error_code ec;
   const exit_status st = wait(ec);
   if (ec) detail::throw_error(ec, "coropipe::child::wait", "waitid");
   return st;
 }
 
-std::optional<exit_status> child::try_wait(std::error_code& ec) noexcept {
+std::optional<exit_status> child::try_wait(error_code& ec) noexcept {
   ec.clear();
   if (!state_) {
     ec = errc::no_child;
@@ -153,13 +155,13 @@ std::optional<exit_status> child::try_wait(std::error_code& ec) noexcept {
 }
 
 std::optional<exit_status> child::try_wait() {
-  std::error_code ec;
+  error_code ec;
   auto st = try_wait(ec);
   if (ec) detail::throw_error(ec, "coropipe::child::try_wait", "waitid");
   return st;
 }
 
-void child::signal(int signo, std::error_code& ec) noexcept {
+void child::signal(int signo, error_code& ec) noexcept {
   ec.clear();
   if (!state_) {
     ec = errc::no_child;
@@ -169,7 +171,7 @@ void child::signal(int signo, std::error_code& ec) noexcept {
 }
 
 void child::signal(int signo) {
-  std::error_code ec;
+  error_code ec;
   signal(signo, ec);
   if (ec) {
     const bool pidfd = state_ && state_->pidfd.is_open();
@@ -177,7 +179,7 @@ void child::signal(int signo) {
   }
 }
 
-void child::detach(std::error_code& ec) noexcept {
+void child::detach(error_code& ec) noexcept {
   ec.clear();
   if (!state_) return;
   if (state_->status) {
@@ -196,7 +198,7 @@ void child::detach(std::error_code& ec) noexcept {
   if (ec) {
     // The handle stays as it was (waits fall back to polling if the pidfd
     // cannot be registered again).
-    std::error_code ignored;
+    error_code ignored;
     if (pidfd >= 0) state_->pidfd.assign(pidfd, ignored);
     if (ignored) ::close(pidfd);
     return;
@@ -205,7 +207,7 @@ void child::detach(std::error_code& ec) noexcept {
 }
 
 void child::detach() {
-  std::error_code ec;
+  error_code ec;
   detach(ec);
   if (ec) detail::throw_error(ec, "coropipe::child::detach", "starting the reaper");
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/error.hpp>
 
 #include <string>
@@ -44,13 +45,13 @@ std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), 
 
 namespace detail {
 
-void throw_error(std::error_code ec, const char* function, const char* call) {
+void throw_error(error_code ec, const char* function, const char* call) {
   std::string what = function;
   if (call != nullptr && *call != '\0') {
     what += ": ";
     what += call;
   }
-  throw std::system_error(ec, what);
+  throw system_error(ec, what);
 }
 
 } // namespace detail

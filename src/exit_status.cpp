@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/exit_status.hpp>
 
 #include <sys/wait.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/fork.hpp>
 
 #include <coropipe/error.hpp>
@@ -5,9 +6,7 @@
 
 #include "sys.hpp"
 
-#include <asio/co_spawn.hpp>
-#include <asio/io_context.hpp>
-#include <asio/recycling_allocator.hpp>
+#include <coropipe/asio.hpp>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -341,7 +340,7 @@ int run_child_body(asio::io_context& io, child_body body, pid_t parent) noexcept
 } // namespace
 
 child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
-                      std::span<const int> keep_fds, child_body body, std::error_code& ec,
+                      std::span<const int> keep_fds, child_body body, error_code& ec,
                       const char*& failed_call) {
   ec.clear();
   failed_call = nullptr;
@@ -391,7 +390,7 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
         ::kill(pid, SIGKILL);
         while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
         }
-        ec = std::error_code(err, std::system_category());
+        ec = detail::errno_code(err);
         failed_call = "pidfd_open";
         return child();
       }

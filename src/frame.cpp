@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/frame.hpp>
 
 #include <coropipe/error.hpp>
@@ -20,7 +21,7 @@ std::uint64_t load_be(const std::byte* p, std::size_t bytes) noexcept {
 // runs once per message (a call there cost a tenth of the receive path).
 [[gnu::always_inline]] inline std::optional<frame_header> decode_header(std::span<const std::byte> data,
                                                                        std::uint64_t max_payload,
-                                                                       std::error_code& ec) noexcept {
+                                                                       error_code& ec) noexcept {
   ec.clear();
   if (data.size() < 4) return std::nullopt;
   const auto first = static_cast<std::uint32_t>(load_be(data.data(), 4));
@@ -43,7 +44,7 @@ std::uint64_t load_be(const std::byte* p, std::size_t bytes) noexcept {
 } // namespace
 
 std::optional<frame_header> parse_frame_header(std::span<const std::byte> data, std::uint64_t max_payload,
-                                               std::error_code& ec) noexcept {
+                                               error_code& ec) noexcept {
   return decode_header(data, max_payload, ec);
 }
 
@@ -80,7 +81,7 @@ std::span<std::byte> frame_buffer::prepare() {
 
 void frame_buffer::commit(std::size_t n) noexcept { end_ += std::min(n, capacity_ - end_); }
 
-std::optional<std::span<const std::byte>> frame_buffer::next(std::error_code& ec) noexcept {
+std::optional<std::span<const std::byte>> frame_buffer::next(error_code& ec) noexcept {
   ec = error_;
   if (error_) return std::nullopt;
   if (start_ == end_) {
@@ -110,7 +111,7 @@ std::optional<std::span<const std::byte>> frame_buffer::next(std::error_code& ec
   return payload;
 }
 
-std::error_code frame_buffer::finish() const noexcept {
+error_code frame_buffer::finish() const noexcept {
   if (error_) return error_;
   if (start_ != end_) return errc::truncated_message;
   return {};

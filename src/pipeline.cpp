@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/pipeline.hpp>
 
 #include <coropipe/error.hpp>
@@ -6,7 +7,7 @@
 #include "process_ops.hpp"
 #include "sys.hpp"
 
-#include <asio/this_coro.hpp>
+#include <coropipe/asio.hpp>
 
 #include <algorithm>
 #include <new>
@@ -49,21 +50,21 @@ std::vector<std::shared_ptr<detail::child_state>> pipeline::states() const {
   return out;
 }
 
-void pipeline::signal(int signo, std::error_code& ec) noexcept {
+void pipeline::signal(int signo, error_code& ec) noexcept {
   ec.clear();
   if (stages_.empty()) {
     ec = errc::no_child;
     return;
   }
   for (auto& s : stages_) {
-    std::error_code e;
+    error_code e;
     s.signal(signo, e);
     if (e && !ec) ec = e;
   }
 }
 
 void pipeline::signal(int signo) {
-  std::error_code ec;
+  error_code ec;
   signal(signo, ec);
   if (ec) detail::throw_error(ec, "coropipe::pipeline::signal", "kill");
 }
@@ -112,7 +113,7 @@ std::string invalid_pipeline(const pipeline_options& opts) {
 
 } // namespace
 
-pipeline spawn_pipeline(const asio::any_io_executor& ex, pipeline_options& opts, std::error_code& ec,
+pipeline spawn_pipeline(const asio::any_io_executor& ex, pipeline_options& opts, error_code& ec,
                         std::string& what) {
   ec.clear();
   what.clear();
@@ -159,14 +160,14 @@ pipeline spawn_pipeline(const asio::any_io_executor& ex, pipeline_options& opts,
   }
 }
 
-asio::awaitable<std::tuple<std::error_code, pipeline_status>> wait_pipeline(
+asio::awaitable<std::tuple<error_code, pipeline_status>> wait_pipeline(
     std::vector<std::shared_ptr<child_state>> states) {
   co_await asio::this_coro::throw_if_cancelled(false);
   auto r = co_await wait_programs(std::move(states));
   co_return std::tuple{std::get<0>(r), to_status(std::move(std::get<1>(r)))};
 }
 
-asio::awaitable<std::tuple<std::error_code, pipeline_status>> stop_pipeline(
+asio::awaitable<std::tuple<error_code, pipeline_status>> stop_pipeline(
     std::vector<std::shared_ptr<child_state>> states, pid_t pgid,
     std::chrono::steady_clock::duration grace, int signo) {
   co_await asio::this_coro::throw_if_cancelled(false);

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The background reaper: a thread, started on the first child::detach(), that
 // waits for detached children to end and reaps them, so that none is left a
 // zombie. It sleeps in poll() on the children's pidfds (or polls waitpid every
@@ -83,7 +84,7 @@ std::mutex start_mutex;
 reaper* instance = nullptr;  // intentionally leaked: it outlives main()
 std::atomic<int> threads{0};
 
-reaper* get_reaper(std::error_code& ec, const char*& failed_call) {
+reaper* get_reaper(error_code& ec, const char*& failed_call) {
   std::lock_guard lock(start_mutex);
   if (instance != nullptr) return instance;
   const int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -100,7 +101,7 @@ reaper* get_reaper(std::error_code& ec, const char*& failed_call) {
   pthread_sigmask(SIG_SETMASK, &all, &old);
   try {
     std::thread([r] { r->run(); }).detach();
-  } catch (const std::system_error& e) {
+  } catch (const system_error& e) {
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
     delete r;
     ::close(wake);
@@ -116,7 +117,7 @@ reaper* get_reaper(std::error_code& ec, const char*& failed_call) {
 
 } // namespace
 
-void reap_in_background(pid_t pid, int pidfd, std::error_code& ec, const char*& failed_call) {
+void reap_in_background(pid_t pid, int pidfd, error_code& ec, const char*& failed_call) {
   ec.clear();
   if (reaper* r = get_reaper(ec, failed_call)) r->add(pid, pidfd);
 }

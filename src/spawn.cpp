@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // spawn(): clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD) + execve.
 //
 // The parent prepares everything the child needs (argv, envp, the PATH
@@ -490,7 +491,7 @@ pid_t clone_child(child_args& args, void* stack_top, bool with_pidfd, int& pidfd
 
 } // namespace
 
-process spawn_impl(const asio::any_io_executor& ex, spawn_options& opts, std::error_code& ec,
+process spawn_impl(const asio::any_io_executor& ex, spawn_options& opts, error_code& ec,
                    std::string& what) {
   using kind = stdio_access::kind;
   ec.clear();
@@ -613,14 +614,14 @@ process spawn_impl(const asio::any_io_executor& ex, spawn_options& opts, std::er
       pid = clone_child(args, stack.top(), with_pidfd, pidfd_raw, error);
     }
     if (pid < 0) {
-      ec = std::error_code(error, std::system_category());
+      ec = detail::errno_code(error);
       what = "clone";
       return process(ex);
     }
     unique_fd pidfd(with_pidfd ? pidfd_raw : -1);
     if (args.failed != step::none) {
       reap(pid);
-      ec = std::error_code(args.error, std::system_category());
+      ec = detail::errno_code(args.error);
       what = describe_failure(args, moves, cands, program, opts);
       return process(ex);
     }
@@ -646,7 +647,7 @@ process spawn_impl(const asio::any_io_executor& ex, spawn_options& opts, std::er
   }
 }
 
-void signal_group(const std::shared_ptr<child_state>& st, pid_t pgid, int signo, std::error_code& ec) noexcept {
+void signal_group(const std::shared_ptr<child_state>& st, pid_t pgid, int signo, error_code& ec) noexcept {
   ec.clear();
   if (pgid <= 0) {
     ec = errc::invalid_argument;
@@ -664,12 +665,12 @@ void signal_group(const std::shared_ptr<child_state>& st, pid_t pgid, int signo,
 
 process::process(const executor_type& ex) : ex_(ex), in_(ex), out_(ex), err_(ex) {}
 
-void process::signal_group(int signo, std::error_code& ec) noexcept {
+void process::signal_group(int signo, error_code& ec) noexcept {
   detail::signal_group(detail::child_access::state(*this), pgid_, signo, ec);
 }
 
 void process::signal_group(int signo) {
-  std::error_code ec;
+  error_code ec;
   signal_group(signo, ec);
   if (ec) detail::throw_error(ec, "coropipe::process::signal_group", "kill");
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Private helpers shared by coropipe's sources: thin, errno-preserving
 // wrappers of Linux system calls that glibc 2.36 does not wrap.
 #pragma once
@@ -8,6 +9,8 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <coropipe/error.hpp>
+
 #include <system_error>
 
 // COROPIPE_TSAN: this source is built with ThreadSanitizer (g++ or clang).
@@ -21,7 +24,7 @@
 
 namespace coropipe::detail {
 
-inline std::error_code last_error() noexcept { return {errno, std::system_category()}; }
+inline error_code last_error() noexcept { return detail::errno_code(errno); }
 
 // A system call made inline, without calling into libc: in a freshly forked
 // child, each libc code page it runs for the first time costs a page fault
@@ -73,7 +76,7 @@ void reaper_reset_after_fork(bool other_threads) noexcept;
 
 // Hands a detached child to the background reaper, which then owns pidfd
 // (-1 without pidfds). On failure (the thread cannot start) nothing is taken.
-void reap_in_background(pid_t pid, int pidfd, std::error_code& ec, const char*& failed_call);
+void reap_in_background(pid_t pid, int pidfd, error_code& ec, const char*& failed_call);
 
 // True when pidfd_open() has been refused in this process (the result is
 // remembered), or when COROPIPE_DISABLE_PIDFD is set in the environment.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/unique_fd.hpp>
 
 #include <coropipe/error.hpp>
@@ -19,10 +20,10 @@ void unique_fd::reset(int fd) noexcept {
   fd_ = fd;
 }
 
-void unique_fd::close(std::error_code& ec) noexcept {
+void unique_fd::close(error_code& ec) noexcept {
   ec.clear();
   if (fd_ < 0) {
-    ec = std::error_code(EBADF, std::system_category());
+    ec = detail::errno_code(EBADF);
     return;
   }
   const int fd = std::exchange(fd_, -1);
@@ -30,12 +31,12 @@ void unique_fd::close(std::error_code& ec) noexcept {
 }
 
 void unique_fd::close() {
-  std::error_code ec;
+  error_code ec;
   close(ec);
   if (ec) detail::throw_error(ec, "coropipe::unique_fd::close", "close");
 }
 
-unique_fd unique_fd::duplicate(std::error_code& ec) const noexcept {
+unique_fd unique_fd::duplicate(error_code& ec) const noexcept {
   ec.clear();
   const int fd = ::fcntl(fd_, F_DUPFD_CLOEXEC, 0);
   if (fd < 0) {
@@ -46,7 +47,7 @@ unique_fd unique_fd::duplicate(std::error_code& ec) const noexcept {
 }
 
 unique_fd unique_fd::duplicate() const {
-  std::error_code ec;
+  error_code ec;
   unique_fd fd = duplicate(ec);
   if (ec) detail::throw_error(ec, "coropipe::unique_fd::duplicate", "fcntl(F_DUPFD_CLOEXEC)");
   return fd;

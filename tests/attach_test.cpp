@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/attach.hpp>
 
 #include <doctest/doctest.h>
@@ -7,15 +8,7 @@
 #include <coropipe/pipe.hpp>
 #include <coropipe/sigpipe.hpp>
 
-#include <asio/awaitable.hpp>
-#include <asio/buffer.hpp>
-#include <asio/error.hpp>
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/io_context.hpp>
-#include <asio/read.hpp>
-#include <asio/use_awaitable.hpp>
-#include <asio/write.hpp>
+#include <coropipe/asio.hpp>
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -88,31 +81,31 @@ asio::awaitable<std::size_t> write_all(stream_descriptor& writer, const std::str
 }
 
 // Reads until end of stream; returns the bytes and the final error (eof).
-asio::awaitable<std::pair<std::string, std::error_code>> read_to_eof(stream_descriptor& reader) {
+asio::awaitable<std::pair<std::string, coropipe::error_code>> read_to_eof(stream_descriptor& reader) {
   std::string received;
   std::array<char, 4096> buf{};
   for (;;) {
     auto [ec, n] = co_await reader.async_read_some(
-        asio::buffer(buf), asio::experimental::as_tuple(asio::use_awaitable));
+        asio::buffer(buf), coropipe::compat::as_tuple(asio::use_awaitable));
     received.append(buf.data(), n);
     if (ec) co_return std::make_pair(std::move(received), ec);
   }
 }
 
-asio::awaitable<std::tuple<std::error_code, std::size_t>> write_with_error(
+asio::awaitable<std::tuple<coropipe::error_code, std::size_t>> write_with_error(
     stream_descriptor& writer, const std::string& data) {
   auto [ec, n] = co_await asio::async_write(writer, asio::buffer(data),
-                                            asio::experimental::as_tuple(asio::use_awaitable));
+                                            coropipe::compat::as_tuple(asio::use_awaitable));
   co_return std::make_tuple(ec, n);
 }
 
-asio::awaitable<std::error_code> write_catching(stream_descriptor& writer, const std::string& data) {
+asio::awaitable<coropipe::error_code> write_catching(stream_descriptor& writer, const std::string& data) {
   try {
     co_await asio::async_write(writer, asio::buffer(data), asio::use_awaitable);
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     co_return e.code();
   }
-  co_return std::error_code();
+  co_return coropipe::error_code();
 }
 
 // The io_context's epoll descriptor, found among the descriptors that
@@ -157,7 +150,7 @@ TEST_CASE("attach(io.get_executor(), fd) works too") {
 
   // And the ec overloads, on both kinds of first argument, clear ec.
   auto [r2, w2] = coropipe::pipe();
-  std::error_code ec = std::make_error_code(std::errc::io_error);
+  coropipe::error_code ec = std::make_error_code(std::errc::io_error);
   stream_descriptor s2 = coropipe::attach(io.get_executor(), std::move(r2), ec);
   CHECK_FALSE(ec);
   CHECK(s2.is_open());
@@ -181,14 +174,14 @@ TEST_CASE("two attached ends of a pipe round-trip data in a coroutine") {
 }
 
 TEST_CASE("a transfer larger than the pipe's capacity completes, then the reader sees eof") {
-  using namespace asio::experimental::awaitable_operators;
+  using namespace coropipe::compat::awaitable_operators;
   asio::io_context io;
   auto [r, w] = coropipe::pipe();
   stream_descriptor reader = coropipe::attach(io, std::move(r));
   stream_descriptor writer = coropipe::attach(io, std::move(w));
   const std::string data = pattern(1 << 20);  // 16 times the default capacity
 
-  auto both = [&]() -> asio::awaitable<std::tuple<std::size_t, std::pair<std::string, std::error_code>>> {
+  auto both = [&]() -> asio::awaitable<std::tuple<std::size_t, std::pair<std::string, coropipe::error_code>>> {
     co_return co_await (write_all(writer, data) && read_to_eof(reader));
   };
   auto [written, result] = coropipe_test::run(io, both());
@@ -204,23 +197,23 @@ TEST_CASE("attaching an empty unique_fd fails with EBADF naming attach") {
     bool thrown = false;
     try {
       (void)coropipe::attach(io, coropipe::unique_fd());
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       thrown = true;
       const std::string what = e.what();
       CAPTURE(what);
-      CHECK(e.code() == std::error_code(EBADF, std::system_category()));
+      CHECK(e.code() == coropipe::error_code(EBADF, coropipe::system_category()));
       CHECK(what.find("attach") != std::string::npos);
     }
     CHECK(thrown);
   }
   SUBCASE("throwing form, on an executor") {
     CHECK_THROWS_WITH_AS((void)coropipe::attach(io.get_executor(), coropipe::unique_fd()),
-                         doctest::Contains("attach"), std::system_error);
+                         doctest::Contains("attach"), coropipe::system_error);
   }
   SUBCASE("error_code form") {
-    std::error_code ec;
+    coropipe::error_code ec;
     stream_descriptor stream = coropipe::attach(io, coropipe::unique_fd(), ec);
-    CHECK(ec == std::error_code(EBADF, std::system_category()));
+    CHECK(ec == coropipe::error_code(EBADF, coropipe::system_category()));
     CHECK_FALSE(stream.is_open());
     CHECK(stream.native_handle() == -1);
   }
@@ -240,7 +233,7 @@ TEST_CASE("when the reactor refuses the descriptor, attach() reports it and clos
     coropipe::unique_fd self(::fcntl(epoll_fd, F_DUPFD_CLOEXEC, 0));
     REQUIRE(self.valid());
     const int fd = self.get();
-    std::error_code ec;
+    coropipe::error_code ec;
     stream_descriptor stream = coropipe::attach(io, std::move(self), ec);
     // Asio reports the errno in its own "asio.system" category, which (in
     // Asio 1.22) does not compare equal to std::errc or std::system_category.
@@ -255,13 +248,13 @@ TEST_CASE("when the reactor refuses the descriptor, attach() reports it and clos
     bool thrown = false;
     try {
       (void)coropipe::attach(io, std::move(self));
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       thrown = true;
       const std::string what = e.what();
       CAPTURE(what);
       CHECK(e.code().value() == EINVAL);
       CHECK(what.find("attach") != std::string::npos);
-      CHECK(what.find(std::error_code(EINVAL, std::system_category()).message()) !=
+      CHECK(what.find(coropipe::error_code(EINVAL, coropipe::system_category()).message()) !=
             std::string::npos);
     }
     CHECK(thrown);
@@ -278,12 +271,12 @@ TEST_CASE("attaching a descriptor number that is no longer open reports EBADF") 
   const int stale = r.release();
   REQUIRE(::close(stale) == 0);
   REQUIRE(is_closed(stale));
-  std::error_code ec;
+  coropipe::error_code ec;
   stream_descriptor stream = coropipe::attach(io, coropipe::unique_fd(stale), ec);
   CHECK(ec.value() == EBADF);
   CHECK_FALSE(stream.is_open());
   CHECK_THROWS_WITH_AS((void)coropipe::attach(io, coropipe::unique_fd(stale)),
-                       doctest::Contains("attach"), std::system_error);
+                       doctest::Contains("attach"), coropipe::system_error);
   CHECK(is_closed(stale));
 }
 
@@ -331,10 +324,10 @@ TEST_CASE("release() aborts pending operations and keeps O_NONBLOCK") {
   stream_descriptor reader = coropipe::attach(io, std::move(r));
 
   std::array<char, 16> buf{};
-  std::error_code read_ec;
+  coropipe::error_code read_ec;
   std::size_t read_n = 99;
   bool completed = false;
-  reader.async_read_some(asio::buffer(buf), [&](const std::error_code& ec, std::size_t n) {
+  reader.async_read_some(asio::buffer(buf), [&](const coropipe::error_code& ec, std::size_t n) {
     read_ec = ec;
     read_n = n;
     completed = true;
@@ -388,7 +381,7 @@ TEST_CASE("attach() blocks SIGPIPE in the calling thread only") {
     blocked_before = sigismember(&mask, SIGPIPE) == 1;
 
     asio::io_context io;
-    std::error_code ec;
+    coropipe::error_code ec;
     stream_descriptor stream = coropipe::attach(io, coropipe::pipe(ec).read_end, ec);
     attached = !ec && stream.is_open();
 
@@ -422,7 +415,7 @@ TEST_CASE("after attach() a write to a pipe without reader fails with broken_pip
     CHECK(n == 0);
   }
   SUBCASE("exception") {
-    const std::error_code ec = coropipe_test::run(io, write_catching(writer, "into the void"));
+    const coropipe::error_code ec = coropipe_test::run(io, write_catching(writer, "into the void"));
     CHECK(ec == asio::error::broken_pipe);
   }
   // Still alive; the blocked SIGPIPE may be pending: discard it.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/channel.hpp>
 
 #include <doctest/doctest.h>
@@ -12,13 +13,7 @@
 #include <coropipe/framed_stream.hpp>
 #include <coropipe/pipe.hpp>
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/experimental/deferred.hpp>
-#include <asio/post.hpp>
-#include <asio/redirect_error.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -40,7 +35,7 @@
 #include <vector>
 
 using namespace std::chrono_literals;
-using namespace asio::experimental::awaitable_operators;
+using namespace coropipe::compat::awaitable_operators;
 using asio::awaitable;
 using asio::use_awaitable;
 using coropipe::child_context;
@@ -53,7 +48,7 @@ using coropipe_test::run_all;
 
 namespace {
 
-constexpr auto as_tuple = asio::experimental::as_tuple(use_awaitable);
+constexpr auto as_tuple = coropipe::compat::as_tuple(use_awaitable);
 
 // --- Types the tests carry -------------------------------------------------------------
 
@@ -129,7 +124,7 @@ struct coropipe::codec<person> {
     append(out, p.name.data(), p.name.size());
     append(out, p.scores.data(), p.scores.size() * sizeof(std::int32_t));
   }
-  static std::error_code decode(coropipe::message_view in, person& out) {
+  static coropipe::error_code decode(coropipe::message_view in, person& out) {
     std::uint32_t n = 0;
     if (in.size() < sizeof n) return coropipe::errc::decode_failed;
     std::memcpy(&n, in.data(), sizeof n);
@@ -149,7 +144,7 @@ struct coropipe::codec<celsius> {
     const std::string s = std::to_string(c.milli);
     append(out, s.data(), s.size());
   }
-  static std::error_code decode(coropipe::message_view in, celsius& out) {
+  static coropipe::error_code decode(coropipe::message_view in, celsius& out) {
     const char* first = reinterpret_cast<const char*>(in.data());
     const char* last = first + in.size();
     std::int32_t v = 0;
@@ -286,10 +281,10 @@ void round_trips(const std::vector<T>& values) {
 // What a receiver of Receive makes of each of @p values sent as Send, in
 // order, until the clean end of stream: (error, value) per message.
 template <typename Send, typename Receive>
-std::vector<std::pair<std::error_code, std::optional<Receive>>> send_as_receive_as(const std::vector<Send>& values) {
+std::vector<std::pair<coropipe::error_code, std::optional<Receive>>> send_as_receive_as(const std::vector<Send>& values) {
   asio::io_context io;
   auto cp = make_channel_pipe<Send, Receive>(io);
-  std::vector<std::pair<std::error_code, std::optional<Receive>>> results;
+  std::vector<std::pair<coropipe::error_code, std::optional<Receive>>> results;
   run_all(
       io,
       [&]() -> awaitable<void> {
@@ -308,13 +303,13 @@ std::vector<std::pair<std::error_code, std::optional<Receive>>> send_as_receive_
 }
 
 template <typename T>
-void check_fails(const std::pair<std::error_code, std::optional<T>>& r) {
+void check_fails(const std::pair<coropipe::error_code, std::optional<T>>& r) {
   CHECK(r.first == errc::decode_failed);
   CHECK_FALSE(r.second.has_value());
 }
 
 template <typename T>
-void check_decodes(const std::pair<std::error_code, std::optional<T>>& r, const T& expected) {
+void check_decodes(const std::pair<coropipe::error_code, std::optional<T>>& r, const T& expected) {
   CHECK_FALSE(r.first);
   REQUIRE(r.second.has_value());
   CHECK((*r.second == expected));
@@ -582,20 +577,20 @@ TEST_CASE("decode failures of built-in encodings: errc::decode_failed, and the c
       {
         auto [ec, value] = co_await cp.rx.async_receive(as_tuple);
         CHECK(ec == errc::decode_failed);
-        CHECK(ec == std::error_code(errc::decode_failed));
+        CHECK(ec == coropipe::error_code(errc::decode_failed));
         CHECK(ec.category() == coropipe::category());
         CHECK(std::string_view(ec.category().name()) == "coropipe");
         CHECK(ec.message().find("decode") != std::string::npos);
         CHECK_FALSE(value.has_value());
         CHECK(co_await cp.rx.async_receive(use_awaitable) == std::optional<point>(pt));
       }
-      // use_awaitable: thrown as std::system_error.
+      // use_awaitable: thrown as coropipe::system_error.
       {
-        std::error_code thrown;
+        coropipe::error_code thrown;
         std::string what;
         try {
           (void)co_await cp.rx.async_receive(use_awaitable);
-        } catch (const std::system_error& e) {
+        } catch (const coropipe::system_error& e) {
           thrown = e.code();
           what = e.what();
         }
@@ -605,7 +600,7 @@ TEST_CASE("decode failures of built-in encodings: errc::decode_failed, and the c
       }
       // redirect_error.
       {
-        std::error_code ec;
+        coropipe::error_code ec;
         std::optional<point> value = co_await cp.rx.async_receive(asio::redirect_error(use_awaitable, ec));
         CHECK(ec == errc::decode_failed);
         CHECK_FALSE(value.has_value());
@@ -621,10 +616,10 @@ TEST_CASE("decode failures of built-in encodings: errc::decode_failed, and the c
         CHECK_FALSE(got);
         CHECK(co_await cp.rx.async_receive(out, use_awaitable));
         CHECK(out == pt);
-        std::error_code thrown;
+        coropipe::error_code thrown;
         try {
           (void)co_await cp.rx.async_receive(out, use_awaitable);
-        } catch (const std::system_error& e) {
+        } catch (const coropipe::system_error& e) {
           thrown = e.code();
         }
         CHECK(thrown == errc::decode_failed);
@@ -635,10 +630,10 @@ TEST_CASE("decode failures of built-in encodings: errc::decode_failed, and the c
       }
     }());
     // Callbacks.
-    std::error_code cb_ec;
+    coropipe::error_code cb_ec;
     std::optional<point> cb_value;
     int calls = 0;
-    cp.rx.async_receive([&](std::error_code e, std::optional<point> v) {
+    cp.rx.async_receive([&](coropipe::error_code e, std::optional<point> v) {
       ++calls;
       cb_ec = e;
       cb_value = v;
@@ -650,7 +645,7 @@ TEST_CASE("decode failures of built-in encodings: errc::decode_failed, and the c
     CHECK(calls == 1);
     CHECK(cb_ec == errc::decode_failed);
     CHECK_FALSE(cb_value.has_value());
-    cp.rx.async_receive([&](std::error_code e, std::optional<point> v) {
+    cp.rx.async_receive([&](coropipe::error_code e, std::optional<point> v) {
       ++calls;
       cb_ec = e;
       cb_value = v;
@@ -725,13 +720,13 @@ TEST_CASE("end of stream: an empty optional again and again, in every completion
   const point pt{3, 4, 5.0};
   // Sending with a callback.
   int sent = 0;
-  cp.tx.async_send(pt, [&](std::error_code e) {
+  cp.tx.async_send(pt, [&](coropipe::error_code e) {
     CHECK_FALSE(e);
     ++sent;
   });
   CHECK(sent == 0);  // never inside the initiating call
   bool closed = false;
-  cp.tx.async_close([&](std::error_code e) {
+  cp.tx.async_close([&](coropipe::error_code e) {
     CHECK_FALSE(e);
     closed = true;
   });
@@ -745,7 +740,7 @@ TEST_CASE("end of stream: an empty optional again and again, in every completion
     auto [ec, value] = co_await cp.rx.async_receive(as_tuple);
     CHECK_FALSE(ec);
     CHECK_FALSE(value.has_value());
-    std::error_code rec = asio::error::eof;
+    coropipe::error_code rec = asio::error::eof;
     auto redirected = co_await cp.rx.async_receive(asio::redirect_error(use_awaitable, rec));
     CHECK_FALSE(rec);
     CHECK_FALSE(redirected.has_value());
@@ -762,11 +757,11 @@ TEST_CASE("end of stream: an empty optional again and again, in every completion
   // Callbacks.
   int calls = 0;
   point out{8, 8, 8.0};
-  cp.rx.async_receive([&](std::error_code e, std::optional<point> v) {
+  cp.rx.async_receive([&](coropipe::error_code e, std::optional<point> v) {
     ++calls;
     CHECK_FALSE(e);
     CHECK_FALSE(v.has_value());
-    cp.rx.async_receive(out, [&](std::error_code e2, bool got) {  // one receive at a time
+    cp.rx.async_receive(out, [&](coropipe::error_code e2, bool got) {  // one receive at a time
       ++calls;
       CHECK_FALSE(e2);
       CHECK_FALSE(got);
@@ -794,7 +789,7 @@ TEST_CASE("errors as values: as_tuple and redirect_error for framing errors and 
       std::tie(ec, value) = co_await rx.async_receive(as_tuple);
       CHECK(ec == errc::truncated_message);
       CHECK_FALSE(value.has_value());
-      std::error_code rec;
+      coropipe::error_code rec;
       std::string out = "unchanged";
       const bool got = co_await rx.async_receive(out, asio::redirect_error(use_awaitable, rec));
       CHECK(rec == errc::truncated_message);
@@ -826,19 +821,19 @@ TEST_CASE("errors as values: as_tuple and redirect_error for framing errors and 
       CHECK(ec == asio::error::broken_pipe);
       std::tie(ec) = co_await tx.async_send("again", as_tuple);
       CHECK(ec == asio::error::broken_pipe);
-      std::error_code rec;
+      coropipe::error_code rec;
       co_await tx.async_send(pattern(100000, 1), asio::redirect_error(use_awaitable, rec));
       CHECK(rec == asio::error::broken_pipe);
-      std::error_code thrown;
+      coropipe::error_code thrown;
       try {
         co_await tx.async_send("thrown", use_awaitable);
-      } catch (const std::system_error& e) {
+      } catch (const coropipe::system_error& e) {
         thrown = e.code();
       }
       CHECK(thrown == asio::error::broken_pipe);
     }());
-    std::error_code cb_ec;
-    tx.async_send("callback", [&](std::error_code e) { cb_ec = e; });
+    coropipe::error_code cb_ec;
+    tx.async_send("callback", [&](coropipe::error_code e) { cb_ec = e; });
     io.restart();
     io.run();
     CHECK(cb_ec == asio::error::broken_pipe);
@@ -931,19 +926,19 @@ TEST_CASE("async_receive(out&) reuses the same object and keeps its capacity") {
     }());
     int calls = 0;
     const std::byte* data = nullptr;
-    bytes.rx.async_receive(out, [&](std::error_code e, bool got) {
+    bytes.rx.async_receive(out, [&](coropipe::error_code e, bool got) {
       ++calls;
       CHECK_FALSE(e);
       CHECK(got);
       CHECK((out == first));
       data = out.data();
-      bytes.rx.async_receive(out, [&](std::error_code e2, bool got2) {
+      bytes.rx.async_receive(out, [&](coropipe::error_code e2, bool got2) {
         ++calls;
         CHECK_FALSE(e2);
         CHECK(got2);
         CHECK((out == second));
         CHECK(out.data() == data);
-        bytes.rx.async_receive(out, [&](std::error_code e3, bool got3) {
+        bytes.rx.async_receive(out, [&](coropipe::error_code e3, bool got3) {
           ++calls;
           CHECK_FALSE(e3);
           CHECK_FALSE(got3);
@@ -1184,7 +1179,7 @@ TEST_CASE("many concurrent senders on one channel: every struct arrives, none in
         break;
       }
       default: {  // the generic (composed operation) path
-        std::error_code ec;
+        coropipe::error_code ec;
         co_await cp.tx.async_send(r, asio::redirect_error(use_awaitable, ec));
         REQUIRE_FALSE(ec);
         break;
@@ -1241,7 +1236,7 @@ TEST_CASE("many concurrent senders of vectors, some larger than copy_threshold: 
       if (s % 2 == 0) {
         co_await cp.tx.async_send(message(s, i), use_awaitable);
       } else {
-        std::error_code ec;
+        coropipe::error_code ec;
         co_await cp.tx.async_send(message(s, i), asio::redirect_error(use_awaitable, ec));
         REQUIRE_FALSE(ec);
       }
@@ -1341,8 +1336,8 @@ TEST_CASE("backpressure: a sender to a reader that does not read waits with boun
 TEST_CASE("deferred sends created ahead of time each carry their own value") {
   asio::io_context io;
   auto cp = make_channel_pipe<std::string>(io);
-  auto first = cp.tx.async_send("first", asio::experimental::deferred);
-  auto second = cp.tx.async_send("second", asio::experimental::deferred);
+  auto first = cp.tx.async_send("first", coropipe::compat::deferred);
+  auto second = cp.tx.async_send("second", coropipe::compat::deferred);
   run(io, [&]() -> awaitable<void> {
     co_await std::move(first)(use_awaitable);
     co_await std::move(second)(use_awaitable);
@@ -1395,7 +1390,7 @@ TEST_CASE("two use_awaitable sends created before either is awaited each send th
       spawned_done = true;
     });
     bool callback_done = false;
-    cp.tx.async_send("callback", [&](std::error_code e) {
+    cp.tx.async_send("callback", [&](coropipe::error_code e) {
       CHECK_FALSE(e);
       callback_done = true;
     });

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // child_helper: a small program the tests spawn, with one behaviour per mode.
 // It uses plain POSIX calls only, so that what it reports about itself
 // (descriptors, signals, flags, ids) is what it got from its parent.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/child.hpp>
 
 #include <doctest/doctest.h>
@@ -6,11 +7,7 @@
 
 #include <coropipe/error.hpp>
 
-#include <asio/bind_cancellation_slot.hpp>
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -19,7 +16,7 @@
 #include <cstdlib>
 
 using namespace std::chrono_literals;
-using namespace asio::experimental::awaitable_operators;
+using namespace coropipe::compat::awaitable_operators;
 using asio::awaitable;
 using asio::use_awaitable;
 using coropipe::child;
@@ -28,7 +25,7 @@ using coropipe_test::run;
 
 namespace {
 
-constexpr auto as_tuple = asio::experimental::as_tuple(use_awaitable);
+constexpr auto as_tuple = coropipe::compat::as_tuple(use_awaitable);
 
 // A plain child (fork, no exec) that sleeps, then exits with @p code.
 pid_t sleeper(std::chrono::milliseconds sleep, int code) {
@@ -69,15 +66,15 @@ TEST_CASE("an empty handle") {
   CHECK_FALSE(c.valid());
   CHECK(c.pid() == 0);
   CHECK_FALSE(c.status());
-  std::error_code ec;
+  coropipe::error_code ec;
   c.wait(ec);
   CHECK(ec == coropipe::errc::no_child);
   CHECK_FALSE(c.try_wait(ec));
   CHECK(ec == coropipe::errc::no_child);
   c.signal(SIGTERM, ec);
   CHECK(ec == coropipe::errc::no_child);
-  CHECK_THROWS_AS(c.kill(), std::system_error);
-  CHECK_THROWS_AS(c.wait(), std::system_error);
+  CHECK_THROWS_AS(c.kill(), coropipe::system_error);
+  CHECK_THROWS_AS(c.wait(), coropipe::system_error);
   c.detach(ec);  // emptying an empty handle is fine
   CHECK_FALSE(ec);
 
@@ -107,12 +104,12 @@ TEST_CASE("adopt() refuses what is not a child of this process") {
   try {
     (void)child::adopt(io.get_executor(), 1);
     FAIL("no exception");
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     CHECK(e.code() == std::errc::no_child_process);
     CHECK(std::string(e.what()).find("coropipe::child::adopt: waitid") == 0);
   }
-  CHECK_THROWS_AS((void)child::adopt(io.get_executor(), 0), std::system_error);
-  CHECK_THROWS_AS((void)child::adopt(io.get_executor(), -5), std::system_error);
+  CHECK_THROWS_AS((void)child::adopt(io.get_executor(), 0), coropipe::system_error);
+  CHECK_THROWS_AS((void)child::adopt(io.get_executor(), -5), coropipe::system_error);
 }
 
 TEST_CASE("the status tells an exit code from a signal") {
@@ -161,8 +158,8 @@ TEST_CASE("a cancelled wait leaves the child running and waitable") {
   CHECK(coropipe_test::process_state(c.pid()) != 'Z');
   // An explicit cancellation slot reports operation_aborted.
   asio::cancellation_signal cancel;
-  std::error_code seen;
-  c.async_wait(asio::bind_cancellation_slot(cancel.slot(), [&](std::error_code ec, exit_status) { seen = ec; }));
+  coropipe::error_code seen;
+  c.async_wait(asio::bind_cancellation_slot(cancel.slot(), [&](coropipe::error_code ec, exit_status) { seen = ec; }));
   asio::post(io, [&] { cancel.emit(asio::cancellation_type::terminal); });
   io.restart();
   io.run();
@@ -178,7 +175,7 @@ TEST_CASE("a callback completion is never invoked inside async_wait") {
   ::usleep(50000);  // certainly over by now
   bool inside = true, called = false;
   exit_status got;
-  c.async_wait([&](std::error_code ec, exit_status st) {
+  c.async_wait([&](coropipe::error_code ec, exit_status st) {
     CHECK_FALSE(inside);
     CHECK_FALSE(ec);
     got = st;
@@ -242,7 +239,7 @@ TEST_CASE("move-assigning over a running child kills and reaps it; moves keep wa
   // A wait started before the handle moves completes normally.
   exit_status got;
   bool done = false;
-  a.async_wait([&](std::error_code ec, exit_status st) {
+  a.async_wait([&](coropipe::error_code ec, exit_status st) {
     CHECK_FALSE(ec);
     got = st;
     done = true;
@@ -271,8 +268,8 @@ TEST_CASE("detach() lets the child run on and reaps it in the background") {
 TEST_CASE("detach() aborts pending waits") {
   asio::io_context io;
   child c = child::adopt(io.get_executor(), sleeper(50ms, 0));
-  std::error_code seen;
-  c.async_wait([&](std::error_code ec, exit_status) { seen = ec; });
+  coropipe::error_code seen;
+  c.async_wait([&](coropipe::error_code ec, exit_status) { seen = ec; });
   c.detach();
   io.run();
   CHECK(seen == asio::error::operation_aborted);
@@ -312,14 +309,14 @@ TEST_CASE("signal() delivers any signal") {
   c.signal(SIGUSR2);
   CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::killed(SIGUSR2));
   c.signal(SIGUSR2);  // reaped: nothing happens
-  std::error_code ec;
+  coropipe::error_code ec;
   child d = child::adopt(io.get_executor(), sleeper(60s, 0));
   d.signal(12345, ec);
   CHECK(ec == std::errc::invalid_argument);
   try {
     d.signal(12345);
     FAIL("no exception");
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     CHECK(std::string(e.what()).find("coropipe::child::signal: pidfd_send_signal") == 0);
   }
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/communicate.hpp>
 
 #include <doctest/doctest.h>
@@ -6,12 +7,7 @@
 
 #include <coropipe/error.hpp>
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/experimental/deferred.hpp>
-#include <asio/experimental/parallel_group.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <signal.h>
 
@@ -19,7 +15,7 @@
 #include <string>
 
 using namespace std::chrono_literals;
-using namespace asio::experimental::awaitable_operators;
+using namespace coropipe::compat::awaitable_operators;
 using asio::awaitable;
 using asio::use_awaitable;
 using coropipe::communicate_options;
@@ -32,7 +28,7 @@ using coropipe_test::run;
 namespace {
 
 const std::string helper = COROPIPE_CHILD_HELPER;
-constexpr auto as_tuple = asio::experimental::as_tuple(use_awaitable);
+constexpr auto as_tuple = coropipe::compat::as_tuple(use_awaitable);
 
 process piped(asio::io_context& io, std::vector<std::string> argv) {
   return coropipe::spawn(io, {.argv = std::move(argv), .in = stdio::pipe(), .out = stdio::pipe(), .err = stdio::pipe()});
@@ -44,7 +40,7 @@ std::string pattern(std::size_t n) {
   return s;
 }
 
-using outcome = std::tuple<std::error_code, communicate_result>;
+using outcome = std::tuple<coropipe::error_code, communicate_result>;
 
 } // namespace
 
@@ -138,11 +134,11 @@ TEST_CASE("cancellation stops the program; a parallel_group gets the partial res
   asio::io_context io;
   process p = piped(io, {helper, "ready-sleep", "60"});
   asio::steady_timer timer(io, 300ms);
-  using asio::experimental::deferred;
-  auto [order, ec, r, timer_ec] = run(io, asio::experimental::make_parallel_group(
+  using coropipe::compat::deferred;
+  auto [order, ec, r, timer_ec] = run(io, coropipe::compat::make_parallel_group(
                                               coropipe::async_communicate(p, "", deferred),
                                               timer.async_wait(deferred))
-                                              .async_wait(asio::experimental::wait_for_one(), use_awaitable));
+                                              .async_wait(coropipe::compat::wait_for_one(), use_awaitable));
   CHECK(order[0] == 1);  // the timer first
   CHECK_FALSE(timer_ec);
   CHECK(ec == asio::error::operation_aborted);
@@ -217,10 +213,10 @@ TEST_CASE("streams that are not pipes are left alone; input needs a stdin pipe")
 TEST_CASE("a callback completion token") {
   asio::io_context io;
   process p = piped(io, {"cat"});
-  std::error_code ec;
+  coropipe::error_code ec;
   communicate_result result;
   bool called = false;
-  coropipe::async_communicate(p, "by callback", [&](std::error_code e, communicate_result r) {
+  coropipe::async_communicate(p, "by callback", [&](coropipe::error_code e, communicate_result r) {
     ec = e;
     result = std::move(r);
     called = true;

@@ -1,9 +1,10 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/error.hpp>
 
 #include <doctest/doctest.h>
 
 #include <cerrno>
-#include <ostream>  // doctest prints std::error_code with operator<<
+#include <ostream>  // doctest prints coropipe::error_code with operator<<
 #include <set>
 #include <string>
 #include <system_error>
@@ -32,7 +33,7 @@ bool starts_with(const std::string& s, const std::string& prefix) {
 TEST_CASE("category is named \"coropipe\" and is a singleton") {
   CHECK(std::string(coropipe::category().name()) == "coropipe");
   CHECK(&coropipe::category() == &coropipe::category());
-  CHECK(coropipe::category() != std::system_category());
+  CHECK(coropipe::category() != coropipe::system_category());
   CHECK(coropipe::category() != std::generic_category());
 }
 
@@ -42,7 +43,7 @@ TEST_CASE("errc values are numbered from 1, so none of them is 'no error'") {
   for (coropipe::errc e : all_errcs) {
     CAPTURE(expected);
     CHECK(static_cast<int>(e) == expected);
-    const std::error_code ec = coropipe::make_error_code(e);
+    const coropipe::error_code ec = coropipe::make_error_code(e);
     CHECK(static_cast<bool>(ec));
     ++expected;
   }
@@ -72,17 +73,17 @@ TEST_CASE("a value outside the enumeration gets an 'unknown' message naming it")
 TEST_CASE("make_error_code and implicit conversion give coropipe's category") {
   static_assert(std::is_error_code_enum_v<coropipe::errc>);
 
-  const std::error_code made = coropipe::make_error_code(coropipe::errc::no_child);
+  const coropipe::error_code made = coropipe::make_error_code(coropipe::errc::no_child);
   CHECK(made.category() == coropipe::category());
   CHECK(made.value() == static_cast<int>(coropipe::errc::no_child));
 
-  std::error_code ec = coropipe::errc::no_child;
+  coropipe::error_code ec = coropipe::errc::no_child;
   CHECK(ec.category() == coropipe::category());
   CHECK(ec.value() == static_cast<int>(coropipe::errc::no_child));
   CHECK(ec == made);
   CHECK(ec == coropipe::errc::no_child);
   CHECK(ec != coropipe::errc::decode_failed);
-  CHECK(std::error_code() != coropipe::errc::no_child);
+  CHECK(coropipe::error_code() != coropipe::errc::no_child);
 
   ec = coropipe::errc::malformed_frame;  // assignment from the enum also works
   CHECK(ec.category() == coropipe::category());
@@ -97,44 +98,44 @@ TEST_CASE("coropipe codes never compare equal to std::errc or errno codes with t
   for (coropipe::errc e : all_errcs) {
     const int value = static_cast<int>(e);
     CAPTURE(value);
-    const std::error_code ec = coropipe::make_error_code(e);
+    const coropipe::error_code ec = coropipe::make_error_code(e);
     CHECK(ec != std::error_condition(value, std::generic_category()));
-    CHECK(ec != std::error_code(value, std::system_category()));
-    CHECK(ec != std::error_code(value, std::generic_category()));
+    CHECK(ec != coropipe::error_code(value, coropipe::system_category()));
+    CHECK(ec != coropipe::error_code(value, std::generic_category()));
     CHECK(ec != std::make_error_code(static_cast<std::errc>(value)));
   }
   // Same name, different meaning: coropipe::errc::invalid_argument is not EINVAL.
-  const std::error_code invalid = coropipe::errc::invalid_argument;
+  const coropipe::error_code invalid = coropipe::errc::invalid_argument;
   CHECK(invalid != std::errc::invalid_argument);
-  CHECK(std::error_code(EINVAL, std::system_category()) != coropipe::errc::invalid_argument);
+  CHECK(coropipe::error_code(EINVAL, coropipe::system_category()) != coropipe::errc::invalid_argument);
   // errc::no_child (2) is not ENOENT (2), errc::fork_in_threaded_process (1) not EPERM.
-  CHECK(std::error_code(coropipe::errc::no_child) != std::errc::no_such_file_or_directory);
-  CHECK(std::error_code(coropipe::errc::fork_in_threaded_process) != std::errc::operation_not_permitted);
+  CHECK(coropipe::error_code(coropipe::errc::no_child) != std::errc::no_such_file_or_directory);
+  CHECK(coropipe::error_code(coropipe::errc::fork_in_threaded_process) != std::errc::operation_not_permitted);
 }
 
-TEST_CASE("throw_error throws std::system_error with \"function: call\" and the code") {
-  const std::error_code ec(EBADF, std::system_category());
+TEST_CASE("throw_error throws coropipe::system_error with \"function: call\" and the code") {
+  const coropipe::error_code ec(EBADF, coropipe::system_category());
   bool thrown = false;
   try {
     coropipe::detail::throw_error(ec, "fn", "call");
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     thrown = true;
     const std::string what = e.what();
     CAPTURE(what);
     CHECK(starts_with(what, "fn: call"));
     CHECK(what.find(ec.message()) != std::string::npos);
     CHECK(e.code() == ec);
-    CHECK(e.code().category() == std::system_category());
+    CHECK(e.code().category() == coropipe::system_category());
   }
   CHECK(thrown);
 }
 
 TEST_CASE("throw_error with a coropipe code keeps the code and its message") {
-  const std::error_code ec = coropipe::errc::truncated_message;
+  const coropipe::error_code ec = coropipe::errc::truncated_message;
   bool thrown = false;
   try {
     coropipe::detail::throw_error(ec, "coropipe::receive", "read");
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     thrown = true;
     const std::string what = e.what();
     CAPTURE(what);
@@ -147,12 +148,12 @@ TEST_CASE("throw_error with a coropipe code keeps the code and its message") {
 }
 
 TEST_CASE("throw_error without a call names only the function") {
-  const std::error_code ec(EMFILE, std::system_category());
+  const coropipe::error_code ec(EMFILE, coropipe::system_category());
   SUBCASE("call is nullptr") {
     bool thrown = false;
     try {
       coropipe::detail::throw_error(ec, "fn", nullptr);
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       thrown = true;
       const std::string what = e.what();
       CAPTURE(what);
@@ -168,7 +169,7 @@ TEST_CASE("throw_error without a call names only the function") {
     bool thrown = false;
     try {
       coropipe::detail::throw_error(ec, "fn");
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       thrown = true;
       const std::string what = e.what();
       CAPTURE(what);
@@ -182,7 +183,7 @@ TEST_CASE("throw_error without a call names only the function") {
     bool thrown = false;
     try {
       coropipe::detail::throw_error(ec, "fn", "");
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       thrown = true;
       const std::string what = e.what();
       CAPTURE(what);

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/fork.hpp>
 
 #include <doctest/doctest.h>
@@ -7,11 +8,7 @@
 #include <coropipe/attach.hpp>
 #include <coropipe/error.hpp>
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/read.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
-#include <asio/write.hpp>
+#include <coropipe/asio.hpp>
 
 #include <grp.h>
 #include <signal.h>
@@ -39,7 +36,7 @@ using coropipe_test::run;
 
 namespace {
 
-constexpr auto as_tuple = asio::experimental::as_tuple(use_awaitable);
+constexpr auto as_tuple = coropipe::compat::as_tuple(use_awaitable);
 
 // Reads everything from an attached descriptor until end of stream.
 awaitable<std::string> read_to_eof(asio::posix::stream_descriptor& in) {
@@ -49,7 +46,7 @@ awaitable<std::string> read_to_eof(asio::posix::stream_descriptor& in) {
     auto [ec, n] = co_await in.async_read_some(asio::buffer(buf), as_tuple);
     out.append(buf, n);
     if (ec == asio::error::eof) co_return out;
-    if (ec) throw std::system_error(ec, "read");
+    if (ec) throw coropipe::system_error(ec, "read");
   }
 }
 
@@ -268,7 +265,7 @@ TEST_CASE("fork_child refuses a process with several threads, and allow_threads 
   });
   auto body = [](child_context&) -> awaitable<int> { co_return 5; };
 
-  std::error_code ec;
+  coropipe::error_code ec;
   auto refused = coropipe::fork_child(io, coropipe::fork_options{}, ec, body);
   CHECK(ec == coropipe::errc::fork_in_threaded_process);
   CHECK_FALSE(refused.valid());
@@ -277,7 +274,7 @@ TEST_CASE("fork_child refuses a process with several threads, and allow_threads 
   try {
     (void)coropipe::fork_child(io, body);
     FAIL("fork_child did not throw");
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     CHECK(e.code() == coropipe::errc::fork_in_threaded_process);
     CHECK(std::string(e.what()).find("coropipe::fork_child") != std::string::npos);
   }
@@ -465,7 +462,7 @@ exit_status long_status_scenario(bool cut_in_sigcgt) {
     // ... without a descriptor left behind ...
     if (coropipe_test::open_fds() != before) return 13;
     // ... and so is a second thread.
-    std::error_code ec;
+    coropipe::error_code ec;
     std::thread t([] { ::usleep(200000); });
     (void)coropipe::fork_child(io, coropipe::fork_options{}, ec, [](child_context&) -> awaitable<int> { co_return 0; });
     t.join();
@@ -680,14 +677,14 @@ TEST_CASE("a failing pidfd_open kills and reaps the new child and names the call
     // pipe, which it cannot get under EMFILE (a false "invalid vptr").
     auto c = coropipe::fork_child(io, body);
     CHECK(run(io, c.async_wait(use_awaitable)).success());
-    const std::system_error warm(std::error_code(EMFILE, std::system_category()), "warm-up");
+    const coropipe::system_error warm(coropipe::error_code(EMFILE, coropipe::system_category()), "warm-up");
     CHECK(std::string(warm.what()).find("warm-up") == 0);
     CHECK(warm.code() == std::errc::too_many_files_open);
   }
-  std::error_code ec;
+  coropipe::error_code ec;
   bool valid = true, children_after_ec = true, children_after_throw = true;
   std::string what;
-  std::error_code thrown;
+  coropipe::error_code thrown;
   {
     // No descriptor number left: pidfd_open fails with EMFILE (the parent's).
     // Only record here; check once descriptors are available again.
@@ -696,7 +693,7 @@ TEST_CASE("a failing pidfd_open kills and reaps the new child and names the call
     children_after_ec = coropipe_test::has_children();
     try {
       (void)coropipe::fork_child(io, body);
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       what = e.what();
       thrown = e.code();
     }
@@ -726,7 +723,7 @@ TEST_CASE("arguments handed to a child that cannot be forked are destroyed (fds 
   {
     auto [in, out] = coropipe::pipe();
     in.reset();
-    std::error_code ec;
+    coropipe::error_code ec;
     auto c = coropipe::fork_child(
         io, coropipe::fork_options{}, ec,
         [](child_context&, unique_fd) -> awaitable<int> { co_return 0; }, std::move(out));

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/frame.hpp>
 
 #include <doctest/doctest.h>
@@ -72,8 +73,8 @@ void append(bytes& to, std::span<const std::byte> b) { to.insert(to.end(), b.beg
 // What a frame_buffer makes of a stream fed in chunks of @p chunk bytes.
 struct decoded {
   std::vector<bytes> payloads;
-  std::error_code error;  // from next()
-  std::error_code end;    // from finish()
+  coropipe::error_code error;  // from next()
+  coropipe::error_code end;    // from finish()
   std::size_t max_capacity = 0;
 };
 
@@ -81,7 +82,7 @@ decoded decode(frame_buffer& fb, std::span<const std::byte> stream, std::size_t 
   decoded out;
   std::size_t pos = 0;
   for (;;) {
-    std::error_code ec;
+    coropipe::error_code ec;
     while (auto msg = fb.next(ec)) out.payloads.emplace_back(msg->begin(), msg->end());
     if (ec) {
       out.error = ec;
@@ -100,7 +101,7 @@ decoded decode(frame_buffer& fb, std::span<const std::byte> stream, std::size_t 
   return out;
 }
 
-std::optional<coropipe::frame_header> parse(const bytes& b, std::uint64_t max, std::error_code& ec) {
+std::optional<coropipe::frame_header> parse(const bytes& b, std::uint64_t max, coropipe::error_code& ec) {
   return coropipe::parse_frame_header(b, max, ec);
 }
 
@@ -152,7 +153,7 @@ TEST_CASE("parse_frame_header: a partial header is not an error") {
   const bytes full = make_bytes({0x00, 0x00, 0x00, 0x06});
   for (std::size_t n = 0; n < 4; ++n) {
     CAPTURE(n);
-    std::error_code ec = errc::malformed_frame;  // cleared by the call
+    coropipe::error_code ec = errc::malformed_frame;  // cleared by the call
     const bytes part(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(n));
     CHECK_FALSE(parse(part, 100, ec).has_value());
     CHECK_FALSE(ec);
@@ -161,7 +162,7 @@ TEST_CASE("parse_frame_header: a partial header is not an error") {
   const bytes big = make_bytes({0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0x80, 0, 0, 0});
   for (std::size_t n = 4; n < 12; ++n) {
     CAPTURE(n);
-    std::error_code ec = errc::message_too_large;
+    coropipe::error_code ec = errc::message_too_large;
     const bytes part(big.begin(), big.begin() + static_cast<std::ptrdiff_t>(n));
     CHECK_FALSE(parse(part, std::uint64_t{1} << 40, ec).has_value());
     CHECK_FALSE(ec);
@@ -169,7 +170,7 @@ TEST_CASE("parse_frame_header: a partial header is not an error") {
 }
 
 TEST_CASE("parse_frame_header: 4-byte lengths up to the maximum") {
-  std::error_code ec = errc::malformed_frame;
+  coropipe::error_code ec = errc::malformed_frame;
   auto h = parse(make_bytes({0, 0, 0, 6, 0x53}), 100, ec);
   REQUIRE(h.has_value());
   CHECK_FALSE(ec);
@@ -207,7 +208,7 @@ TEST_CASE("parse_frame_header: a negative length other than -1 is malformed") {
   for (bytes b : headers) {
     CAPTURE(std::to_integer<unsigned>(b[0]));
     CAPTURE(std::to_integer<unsigned>(b[3]));
-    std::error_code ec;
+    coropipe::error_code ec;
     CHECK_FALSE(parse(b, std::numeric_limits<std::uint64_t>::max(), ec).has_value());
     CHECK(ec == errc::malformed_frame);
     CHECK(ec.category() == coropipe::category());
@@ -219,7 +220,7 @@ TEST_CASE("parse_frame_header: a negative length other than -1 is malformed") {
 }
 
 TEST_CASE("parse_frame_header: the 8-byte form") {
-  std::error_code ec;
+  coropipe::error_code ec;
   auto h = parse(make_bytes({0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0x80, 0, 0, 0, 0x42}), std::uint64_t{1} << 40, ec);
   REQUIRE(h.has_value());
   CHECK_FALSE(ec);
@@ -267,7 +268,7 @@ TEST_CASE("frame_buffer: frames fed one byte at a time") {
     REQUIRE(!room.empty());
     room[0] = stream[pos];
     fb.commit(1);
-    std::error_code ec;
+    coropipe::error_code ec;
     while (auto msg = fb.next(ec)) {
       got.emplace_back(msg->begin(), msg->end());
       REQUIRE(frame_index < ends.size());
@@ -297,7 +298,7 @@ TEST_CASE("frame_buffer: several frames in one commit come out of one read") {
   std::memcpy(room.data(), stream.data(), stream.size());
   fb.commit(stream.size());
   CHECK(fb.buffered() == stream.size());
-  std::error_code ec;
+  coropipe::error_code ec;
   for (std::uint32_t i = 0; i < 100; ++i) {
     auto msg = fb.next(ec);
     REQUIRE(msg.has_value());
@@ -317,7 +318,7 @@ TEST_CASE("frame_buffer: a payload returned by next() is not moved by further ne
   const auto room = fb.prepare();
   std::memcpy(room.data(), stream.data(), stream.size());
   fb.commit(stream.size());
-  std::error_code ec;
+  coropipe::error_code ec;
   auto a = fb.next(ec);
   REQUIRE(a.has_value());
   CHECK(text(*a) == "first");
@@ -341,7 +342,7 @@ TEST_CASE("frame_buffer: a large frame grows the buffer to fit it, then it shrin
   std::size_t peak = 0;
   std::size_t capacity_after_big = 0;
   while (got.size() < 3) {
-    std::error_code ec;
+    coropipe::error_code ec;
     while (auto msg = fb.next(ec)) {
       got.emplace_back(msg->begin(), msg->end());
       if (got.size() == 2) {
@@ -479,7 +480,7 @@ TEST_CASE("frame_buffer: errors are sticky") {
   std::memcpy(room.data(), more.data(), more.size());
   fb.commit(more.size());
   for (int i = 0; i < 3; ++i) {
-    std::error_code ec;
+    coropipe::error_code ec;
     CHECK_FALSE(fb.next(ec).has_value());
     CHECK(ec == errc::malformed_frame);
   }
@@ -530,7 +531,7 @@ TEST_CASE("frame_buffer: lowering max_message_size spares the frame whose header
   auto room = fb.prepare();
   std::memcpy(room.data(), stream.data(), 40);
   fb.commit(40);
-  std::error_code ec;
+  coropipe::error_code ec;
   CHECK_FALSE(fb.next(ec).has_value());
   REQUIRE_FALSE(ec);
 
@@ -560,7 +561,7 @@ TEST_CASE("frame_buffer: with an unlimited maximum, a header declaring 2^64-1 by
   const auto room = fb.prepare();
   std::memcpy(room.data(), stream.data(), stream.size());
   fb.commit(stream.size());
-  std::error_code ec;
+  coropipe::error_code ec;
   const auto msg = fb.next(ec);
   // Either still waiting for the payload or refused, but never a payload
   // larger than what was buffered.
@@ -595,7 +596,7 @@ std::size_t drain(send_queue& q, bytes& out, std::size_t chunk = 0, std::size_t 
   return rounds;
 }
 
-std::vector<bytes> parse_all(const bytes& stream, std::error_code& end) {
+std::vector<bytes> parse_all(const bytes& stream, coropipe::error_code& end) {
   frame_buffer fb;
   decoded d = decode(fb, stream, std::size_t{1} << 20);
   end = d.error ? d.error : d.end;
@@ -657,7 +658,7 @@ TEST_CASE("send_queue: many small frames go out in few iovecs") {
   bytes stream;
   drain(q, stream);
   CHECK(q.empty());
-  std::error_code end;
+  coropipe::error_code end;
   CHECK(parse_all(stream, end) == sent);
   CHECK_FALSE(end);
 }
@@ -682,7 +683,7 @@ TEST_CASE("send_queue: borrowed payloads are written from the caller's memory") 
 
   bytes stream;
   drain(q, stream);
-  std::error_code end;
+  coropipe::error_code end;
   const auto got = parse_all(stream, end);
   REQUIRE(got.size() == 3);
   CHECK(got[0] == small1);
@@ -744,7 +745,7 @@ TEST_CASE("send_queue: partial writes of odd sizes keep the frames intact and co
   CHECK(q.empty());
   CHECK(q.written_seq() == sent.size());
   CHECK(stream.size() == stream_size);
-  std::error_code end;
+  coropipe::error_code end;
   CHECK(parse_all(stream, end) == sent);
   CHECK_FALSE(end);
 }
@@ -770,7 +771,7 @@ TEST_CASE("send_queue: cancelling a frame none of which was written removes it")
     std::fill(big.begin(), big.end(), std::byte{0xee});  // the caller reuses its buffer
     drain(q, stream, 7);
     CHECK(q.empty());
-    std::error_code end;
+    coropipe::error_code end;
     const auto got = parse_all(stream, end);
     CHECK_FALSE(end);
     REQUIRE(got.size() == 2);
@@ -794,7 +795,7 @@ TEST_CASE("send_queue: cancelling a frame none of which was written removes it")
     q.push_copy(c);
     drain(q, stream);
     CHECK(q.empty());
-    std::error_code end;
+    coropipe::error_code end;
     const auto got = parse_all(stream, end);
     REQUIRE(got.size() == 2);
     CHECK(got[0] == a);
@@ -852,7 +853,7 @@ TEST_CASE("send_queue: cancelling a partly written frame copies the rest, which 
   q.push_copy(after);
   drain(q, stream, 4099);
   CHECK(q.empty());
-  std::error_code end;
+  coropipe::error_code end;
   const auto got = parse_all(stream, end);
   CHECK_FALSE(end);
   REQUIRE(got.size() == 3);
@@ -870,7 +871,7 @@ TEST_CASE("send_queue: cancelling a frame already written is done") {
   CHECK(q.written_seq() == sb);
   CHECK(q.cancel(sb) == send_queue::cancel_result::done);
   CHECK(q.empty());
-  std::error_code end;
+  coropipe::error_code end;
   const auto got = parse_all(stream, end);
   REQUIRE(got.size() == 1);
   CHECK(got[0] == big);
@@ -944,7 +945,7 @@ TEST_CASE("send_queue: random pushes, partial writes and cancellations match a m
     std::vector<bytes> expected;
     for (const auto& e : model)
       if (!e.cancelled_removed) expected.push_back(e.payload);
-    std::error_code end;
+    coropipe::error_code end;
     const auto got = parse_all(stream, end);
     CHECK_FALSE(end);
     CHECK(got.size() == expected.size());

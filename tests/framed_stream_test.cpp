@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/framed_stream.hpp>
 
 #include <doctest/doctest.h>
@@ -10,15 +11,8 @@
 #include <coropipe/pipe.hpp>
 #include <coropipe/sigpipe.hpp>
 
-#include <asio/bind_cancellation_slot.hpp>
-#include <asio/cancellation_signal.hpp>
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/experimental/deferred.hpp>
-#include <asio/ip/tcp.hpp>
-#include <asio/redirect_error.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
+#include COROPIPE_ASIO_INCLUDE(ip/tcp.hpp)
 
 #include <fcntl.h>
 #include <limits.h>
@@ -40,7 +34,7 @@
 #include <vector>
 
 using namespace std::chrono_literals;
-using namespace asio::experimental::awaitable_operators;
+using namespace coropipe::compat::awaitable_operators;
 using asio::awaitable;
 using asio::use_awaitable;
 using coropipe::child_context;
@@ -55,7 +49,7 @@ using coropipe_test::run_all;
 
 namespace {
 
-constexpr auto as_tuple = asio::experimental::as_tuple(use_awaitable);
+constexpr auto as_tuple = coropipe::compat::as_tuple(use_awaitable);
 
 // A deterministic byte pattern, easy to compute in Python too:
 // byte i of pattern(n, seed) is (i * 31 + seed * 7 + (i >> 8)) & 0xff.
@@ -306,7 +300,7 @@ TEST_CASE("malformed input gives its coropipe error, sticky, and the process car
   asio::io_context io;
   auto p = make_raw_writer_pipe(io);
   write_raw(p.w.get(), frame_bytes("ok"));
-  std::error_code expected;
+  coropipe::error_code expected;
   SUBCASE("a negative length") {
     write_raw(p.w.get(), std::string("\x80\x00\x00\x05hello", 9));
     expected = errc::malformed_frame;
@@ -354,10 +348,10 @@ TEST_CASE("malformed input gives its coropipe error, sticky, and the process car
     auto [ec2, msg2] = co_await p.rx.async_receive(as_tuple);
     CHECK(ec2 == expected);
     CHECK_FALSE(msg2.has_value());
-    std::error_code thrown;
+    coropipe::error_code thrown;
     try {
       (void)co_await p.rx.async_receive(use_awaitable);
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       thrown = e.code();
     }
     CHECK(thrown == expected);
@@ -410,7 +404,7 @@ TEST_CASE("a clean end of stream between frames is an empty optional, again and 
     CHECK_FALSE(msg.has_value());
   }());
   bool called = false;
-  fp.rx.async_receive([&](std::error_code ec, std::optional<message_view> msg) {
+  fp.rx.async_receive([&](coropipe::error_code ec, std::optional<message_view> msg) {
     called = true;
     CHECK_FALSE(ec);
     CHECK_FALSE(msg.has_value());
@@ -448,9 +442,9 @@ TEST_CASE("a cancelled receive loses nothing: the next receive gets the message 
 
   // Again, with as_tuple and a cancellation slot of our own.
   asio::cancellation_signal sig;
-  std::error_code ec;
+  coropipe::error_code ec;
   bool done = false;
-  p.rx.async_receive(asio::bind_cancellation_slot(sig.slot(), [&](std::error_code e, std::optional<message_view> m) {
+  p.rx.async_receive(asio::bind_cancellation_slot(sig.slot(), [&](coropipe::error_code e, std::optional<message_view> m) {
     ec = e;
     done = true;
     CHECK_FALSE(m.has_value());
@@ -481,8 +475,8 @@ TEST_CASE("a second concurrent receive completes with already_started; the first
   asio::io_context io;
   auto p = make_raw_writer_pipe(io);
   std::optional<std::string> first;
-  std::error_code first_ec;
-  p.rx.async_receive([&](std::error_code ec, std::optional<message_view> msg) {
+  coropipe::error_code first_ec;
+  p.rx.async_receive([&](coropipe::error_code ec, std::optional<message_view> msg) {
     first_ec = ec;
     if (msg) first = str(*msg);
   });
@@ -492,8 +486,8 @@ TEST_CASE("a second concurrent receive completes with already_started; the first
     CHECK(ec == asio::error::already_started);
     CHECK_FALSE(msg.has_value());
     bool called = false;
-    std::error_code cb_ec;
-    p.rx.async_receive([&](std::error_code e, std::optional<message_view>) {
+    coropipe::error_code cb_ec;
+    p.rx.async_receive([&](coropipe::error_code e, std::optional<message_view>) {
       called = true;
       cb_ec = e;
     });
@@ -525,9 +519,9 @@ TEST_CASE("a small send completes once queued, even when nobody reads and the pi
   framed_stream<> tx(coropipe::attach(io, std::move(p.write_end)));
   framed_stream<> rx(coropipe::attach(io, std::move(p.read_end)));
   bool done = false;
-  std::error_code ec = asio::error::eof;
+  coropipe::error_code ec = asio::error::eof;
   const std::string small(100, 's');
-  tx.async_send(asio::buffer(small), [&](std::error_code e) {
+  tx.async_send(asio::buffer(small), [&](coropipe::error_code e) {
     done = true;
     ec = e;
   });
@@ -621,9 +615,9 @@ TEST_CASE("a send waiting for room that is cancelled completes with operation_ab
   // With a callback and a cancellation slot.
   asio::cancellation_signal sig;
   bool done = false;
-  std::error_code ec;
+  coropipe::error_code ec;
   const std::string marker1 = "marker 1";
-  fp.tx.async_send(asio::buffer(marker1), asio::bind_cancellation_slot(sig.slot(), [&](std::error_code e) {
+  fp.tx.async_send(asio::buffer(marker1), asio::bind_cancellation_slot(sig.slot(), [&](coropipe::error_code e) {
                      done = true;
                      ec = e;
                    }));
@@ -676,8 +670,8 @@ TEST_CASE("a large send cancelled before any of it was written is removed: it ne
   REQUIRE(big.size() > fp.tx.options().copy_threshold);
   asio::cancellation_signal sig;
   bool done = false;
-  std::error_code ec;
-  fp.tx.async_send(asio::buffer(big), asio::bind_cancellation_slot(sig.slot(), [&](std::error_code e) {
+  coropipe::error_code ec;
+  fp.tx.async_send(asio::buffer(big), asio::bind_cancellation_slot(sig.slot(), [&](coropipe::error_code e) {
                      done = true;
                      ec = e;
                    }));
@@ -715,8 +709,8 @@ TEST_CASE("a large send cancelled after part of it was written still arrives int
   SUBCASE("callback with a cancellation slot") {
     asio::cancellation_signal sig;
     bool done = false;
-    std::error_code ec = asio::error::eof;
-    fp.tx.async_send(asio::buffer(*big), asio::bind_cancellation_slot(sig.slot(), [&](std::error_code e) {
+    coropipe::error_code ec = asio::error::eof;
+    fp.tx.async_send(asio::buffer(*big), asio::bind_cancellation_slot(sig.slot(), [&](coropipe::error_code e) {
                        done = true;
                        ec = e;
                      }));
@@ -771,10 +765,10 @@ TEST_CASE("writing to a pipe whose reader is gone: broken_pipe from send or flus
     auto [ec5] = co_await tx.async_flush(as_tuple);
     CHECK(ec5 == asio::error::broken_pipe);
     CHECK_FALSE(tx.try_send(asio::buffer(small)));
-    std::error_code thrown;
+    coropipe::error_code thrown;
     try {
       co_await tx.async_send(asio::buffer(small), use_awaitable);
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       thrown = e.code();
     }
     CHECK(thrown == asio::error::broken_pipe);
@@ -863,8 +857,8 @@ TEST_CASE("destroying a framed_stream during a pending receive aborts that recei
   auto p = coropipe::pipe();
   auto rx = std::make_unique<framed_stream<>>(coropipe::attach(io, std::move(p.read_end)));
   bool done = false;
-  std::error_code ec;
-  rx->async_receive([&](std::error_code e, std::optional<message_view> msg) {
+  coropipe::error_code ec;
+  rx->async_receive([&](coropipe::error_code e, std::optional<message_view> msg) {
     done = true;
     ec = e;
     CHECK_FALSE(msg.has_value());
@@ -925,12 +919,12 @@ TEST_CASE("callbacks: send, receive and flush never complete inside the initiati
   auto fp = make_framed_pipe(io);
   int sent = 0, flushed = 0;
   std::optional<std::string> received;
-  fp.tx.async_send(asio::buffer(std::string_view("cb")), [&](std::error_code ec) {
+  fp.tx.async_send(asio::buffer(std::string_view("cb")), [&](coropipe::error_code ec) {
     CHECK_FALSE(ec);
     ++sent;
   });
   CHECK(sent == 0);
-  fp.tx.async_flush([&](std::error_code ec) {
+  fp.tx.async_flush([&](coropipe::error_code ec) {
     CHECK_FALSE(ec);
     ++flushed;
   });
@@ -939,7 +933,7 @@ TEST_CASE("callbacks: send, receive and flush never complete inside the initiati
   CHECK(sent == 1);
   CHECK(flushed == 1);
   // The frame is in the pipe: the receive could complete at once.
-  fp.rx.async_receive([&](std::error_code ec, std::optional<message_view> msg) {
+  fp.rx.async_receive([&](coropipe::error_code ec, std::optional<message_view> msg) {
     CHECK_FALSE(ec);
     REQUIRE(msg.has_value());
     received = str(*msg);
@@ -953,7 +947,7 @@ TEST_CASE("callbacks: send, receive and flush never complete inside the initiati
   // A large send with a callback completes once written.
   const std::string big = pattern(300000, 5);
   bool big_sent = false;
-  fp.tx.async_send(asio::buffer(big), [&](std::error_code ec) {
+  fp.tx.async_send(asio::buffer(big), [&](coropipe::error_code ec) {
     CHECK_FALSE(ec);
     big_sent = true;
   });
@@ -969,9 +963,9 @@ TEST_CASE("callbacks: send, receive and flush never complete inside the initiati
 TEST_CASE("deferred: send, receive and flush start when launched") {
   asio::io_context io;
   auto fp = make_framed_pipe(io);
-  auto send = fp.tx.async_send(asio::buffer(std::string_view("deferred")), asio::experimental::deferred);
-  auto flush = fp.tx.async_flush(asio::experimental::deferred);
-  auto receive = fp.rx.async_receive(asio::experimental::deferred);
+  auto send = fp.tx.async_send(asio::buffer(std::string_view("deferred")), coropipe::compat::deferred);
+  auto flush = fp.tx.async_flush(coropipe::compat::deferred);
+  auto receive = fp.rx.async_receive(coropipe::compat::deferred);
   io.poll();
   CHECK(fp.tx.pending_bytes() == 0);
   CHECK(readable(fp.rfd) == 0);
@@ -995,7 +989,7 @@ TEST_CASE("as_tuple and redirect_error: errors as values") {
     CHECK_FALSE(ec);
     REQUIRE(msg.has_value());
     CHECK(str(*msg) == "fine");
-    std::error_code rec;
+    coropipe::error_code rec;
     auto bad = co_await p.rx.async_receive(asio::redirect_error(use_awaitable, rec));
     CHECK(rec == errc::malformed_frame);
     CHECK_FALSE(bad.has_value());
@@ -1003,7 +997,7 @@ TEST_CASE("as_tuple and redirect_error: errors as values") {
   // And on the sending side.
   auto fp = make_framed_pipe(io);
   run(io, [&]() -> awaitable<void> {
-    std::error_code sec = asio::error::eof;
+    coropipe::error_code sec = asio::error::eof;
     co_await fp.tx.async_send(asio::buffer(std::string_view("x")), asio::redirect_error(use_awaitable, sec));
     CHECK_FALSE(sec);
     auto [fec] = co_await fp.tx.async_flush(as_tuple);

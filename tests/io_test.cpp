@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/io.hpp>
 
 #include <doctest/doctest.h>
@@ -8,16 +9,8 @@
 #include <coropipe/pipe.hpp>
 #include <coropipe/sigpipe.hpp>
 
-#include <asio/bind_cancellation_slot.hpp>
-#include <asio/cancellation_signal.hpp>
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/experimental/deferred.hpp>
-#include <asio/ip/tcp.hpp>
-#include <asio/posix/stream_descriptor.hpp>
-#include <asio/redirect_error.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
+#include COROPIPE_ASIO_INCLUDE(ip/tcp.hpp)
 
 #include <fcntl.h>
 #include <signal.h>
@@ -36,7 +29,7 @@
 #include <vector>
 
 using namespace std::chrono_literals;
-using namespace asio::experimental::awaitable_operators;
+using namespace coropipe::compat::awaitable_operators;
 using asio::awaitable;
 using asio::use_awaitable;
 using coropipe_test::run;
@@ -44,7 +37,7 @@ using coropipe_test::run_all;
 
 namespace {
 
-constexpr auto as_tuple = asio::experimental::as_tuple(use_awaitable);
+constexpr auto as_tuple = coropipe::compat::as_tuple(use_awaitable);
 
 struct pipe_streams {
   asio::posix::stream_descriptor r;
@@ -134,7 +127,7 @@ awaitable<std::string> read_to_eof(Stream& s, std::size_t buffer_size = 65536) {
     auto [ec, n] = co_await coropipe::async_read_some(s, asio::buffer(buf), as_tuple);
     out.append(buf.data(), n);
     if (ec == asio::error::eof) co_return out;
-    if (ec) throw std::system_error(ec, "read_to_eof");
+    if (ec) throw coropipe::system_error(ec, "read_to_eof");
   }
 }
 
@@ -154,12 +147,12 @@ awaitable<std::string> read_exactly(Stream& s, std::size_t n) {
 // What the callback of an operation received, and whether it ran at all.
 struct completion {
   bool called = false;
-  std::error_code ec;
+  coropipe::error_code ec;
   std::size_t n = 99;
 
   // The callback, which records here what it receives.
   auto handler() {
-    return [this](std::error_code e, std::size_t k) {
+    return [this](coropipe::error_code e, std::size_t k) {
       called = true;
       ec = e;
       n = k;
@@ -211,10 +204,10 @@ TEST_CASE("use_awaitable: read_some returns the bytes there, waits for later one
     CHECK(std::string(buf, m) == "later");
 
     p.w.close();
-    std::error_code got;
+    coropipe::error_code got;
     try {
       (void)co_await coropipe::async_read_some(p.r, asio::buffer(buf), use_awaitable);
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       got = e.code();
     }
     CHECK(got == asio::error::eof);
@@ -252,7 +245,7 @@ TEST_CASE("redirect_error(use_awaitable) reports the error code without throwing
   p.w.close();
   run(io, [&]() -> awaitable<void> {
     char buf[8];
-    std::error_code ec;
+    coropipe::error_code ec;
     const std::size_t n =
         co_await coropipe::async_read_some(p.r, asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
     CHECK(ec == asio::error::eof);
@@ -318,7 +311,7 @@ TEST_CASE("callbacks: a read waits for data, a write waits for room") {
   std::string got;
   char buf[64];
   bool read_done = false;
-  coropipe::async_read_some(p.r, asio::buffer(buf), [&](std::error_code ec, std::size_t n) {
+  coropipe::async_read_some(p.r, asio::buffer(buf), [&](coropipe::error_code ec, std::size_t n) {
     CHECK_FALSE(ec);
     got.assign(buf, n);
     read_done = true;
@@ -336,7 +329,7 @@ TEST_CASE("callbacks: a read waits for data, a write waits for room") {
   const std::string data = pattern(10000, 1);
   bool write_done = false;
   std::size_t written = 0;
-  coropipe::async_write(p.w, asio::buffer(data), [&](std::error_code ec, std::size_t n) {
+  coropipe::async_write(p.w, asio::buffer(data), [&](coropipe::error_code ec, std::size_t n) {
     CHECK_FALSE(ec);
     written = n;
     write_done = true;
@@ -360,9 +353,9 @@ TEST_CASE("deferred: nothing happens until the operation is launched, then it co
   asio::io_context io;
   auto p = make_pipe(io);
   char buf[16];
-  auto read_op = coropipe::async_read_some(p.r, asio::buffer(buf), asio::experimental::deferred);
+  auto read_op = coropipe::async_read_some(p.r, asio::buffer(buf), coropipe::compat::deferred);
   write_raw(p.w.native_handle(), "abc");
-  auto write_op = coropipe::async_write(p.w, asio::buffer(std::string_view("def")), asio::experimental::deferred);
+  auto write_op = coropipe::async_write(p.w, asio::buffer(std::string_view("def")), coropipe::compat::deferred);
   io.poll();
   CHECK(readable(p.r.native_handle()) == 3);  // neither read nor written yet
 
@@ -377,7 +370,7 @@ TEST_CASE("deferred: nothing happens until the operation is launched, then it co
   }
   SUBCASE("launched with a callback") {
     std::size_t w = 0;
-    std::move(write_op)([&](std::error_code ec, std::size_t k) {
+    std::move(write_op)([&](coropipe::error_code ec, std::size_t k) {
       CHECK_FALSE(ec);
       w = k;
     });
@@ -385,7 +378,7 @@ TEST_CASE("deferred: nothing happens until the operation is launched, then it co
     io.run();
     CHECK(w == 3);
     std::size_t n = 0;
-    std::move(read_op)([&](std::error_code ec, std::size_t k) {
+    std::move(read_op)([&](coropipe::error_code ec, std::size_t k) {
       CHECK_FALSE(ec);
       n = k;
     });
@@ -408,16 +401,16 @@ TEST_CASE("writing to a pipe whose reader is gone gives broken_pipe with every t
     auto [ec2, n2] = co_await coropipe::async_write_some(p.w, asio::buffer(std::string_view("xy")), as_tuple);
     CHECK(ec2 == asio::error::broken_pipe);
     CHECK(n2 == 0);
-    std::error_code thrown;
+    coropipe::error_code thrown;
     try {
       (void)co_await coropipe::async_write(p.w, asio::buffer(std::string_view("x")), use_awaitable);
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       thrown = e.code();
     }
     CHECK(thrown == asio::error::broken_pipe);
   }());
-  std::error_code cb_ec;
-  coropipe::async_write_some(p.w, asio::buffer(std::string_view("x")), [&](std::error_code e, std::size_t) { cb_ec = e; });
+  coropipe::error_code cb_ec;
+  coropipe::async_write_some(p.w, asio::buffer(std::string_view("x")), [&](coropipe::error_code e, std::size_t) { cb_ec = e; });
   io.restart();
   io.run();
   CHECK(cb_ec == asio::error::broken_pipe);
@@ -441,7 +434,7 @@ TEST_CASE("broken_pipe, not death by SIGPIPE, in a thread where SIGPIPE was neve
       ::close(fds[0]);
       asio::io_context io;
       asio::posix::stream_descriptor w(io, fds[1]);  // not attach(): nothing blocked SIGPIPE yet
-      std::error_code tuple_ec, callback_ec;
+      coropipe::error_code tuple_ec, callback_ec;
       asio::co_spawn(
           io,
           [&]() -> awaitable<void> {
@@ -452,7 +445,7 @@ TEST_CASE("broken_pipe, not death by SIGPIPE, in a thread where SIGPIPE was neve
           [](std::exception_ptr) {});
       io.run();
       coropipe::async_write(w, asio::buffer(std::string_view("y")),
-                            [&](std::error_code ec, std::size_t) { callback_ec = ec; });
+                            [&](coropipe::error_code ec, std::size_t) { callback_ec = ec; });
       io.restart();
       io.run();
       sigset_t pending;
@@ -496,7 +489,7 @@ TEST_CASE("empty buffers complete at once with 0 bytes, without waiting") {
   // Even into a full pipe, an empty write does not wait.
   REQUIRE(fill(p.w.native_handle()) > 0);
   std::size_t n = 99;
-  coropipe::async_write(p.w, asio::const_buffer(), [&](std::error_code ec, std::size_t k) {
+  coropipe::async_write(p.w, asio::const_buffer(), [&](coropipe::error_code ec, std::size_t k) {
     CHECK_FALSE(ec);
     n = k;
   });
@@ -600,7 +593,7 @@ TEST_CASE("8 MiB through a pipe between two coroutines, byte for byte") {
   SUBCASE("callbacks") {
     std::vector<char> buf(65536);
     std::function<void()> read_more = [&] {
-      coropipe::async_read_some(p.r, asio::buffer(buf), [&](std::error_code ec, std::size_t n) {
+      coropipe::async_read_some(p.r, asio::buffer(buf), [&](coropipe::error_code ec, std::size_t n) {
         got.append(buf.data(), n);
         if (!ec) read_more();
         else CHECK(ec == asio::error::eof);
@@ -613,7 +606,7 @@ TEST_CASE("8 MiB through a pipe between two coroutines, byte for byte") {
         return;
       }
       const std::size_t chunk = std::min<std::size_t>(777777, data.size() - pos);
-      coropipe::async_write(p.w, asio::buffer(data.data() + pos, chunk), [&, chunk](std::error_code ec, std::size_t n) {
+      coropipe::async_write(p.w, asio::buffer(data.data() + pos, chunk), [&, chunk](coropipe::error_code ec, std::size_t n) {
         REQUIRE_FALSE(ec);
         REQUIRE(n == chunk);
         pos += n;
@@ -665,7 +658,7 @@ TEST_CASE("a read cancelled while it waits loses no bytes") {
   }
   SUBCASE("bind_cancellation_slot with as_tuple(use_awaitable)") {
     asio::cancellation_signal sig;
-    std::error_code ec;
+    coropipe::error_code ec;
     std::size_t n = 99;
     run_all(io,
             [&]() -> awaitable<void> {
@@ -878,7 +871,7 @@ TEST_CASE("fairness: a reader that always finds data ready does not starve a tim
   }
   SUBCASE("a pre-filled pipe read 16 bytes at a time, use_awaitable") {
     auto p = make_pipe(io);
-    std::error_code ignored;  // a bigger pipe where allowed; any capacity will do
+    coropipe::error_code ignored;  // a bigger pipe where allowed; any capacity will do
     (void)coropipe::set_pipe_capacity(p.w.native_handle(), coropipe::recommended_pipe_capacity, ignored);
     const std::size_t filled = fill(p.w.native_handle());
     REQUIRE(filled >= 4096);

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/line_reader.hpp>
 
 #include <doctest/doctest.h>
@@ -9,18 +10,14 @@
 #include <coropipe/pipe.hpp>
 #include <coropipe/spawn.hpp>
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
-#include <asio/write.hpp>
+#include <coropipe/asio.hpp>
 
 #include <optional>
 #include <string>
 #include <vector>
 
 using namespace std::chrono_literals;
-using namespace asio::experimental::awaitable_operators;
+using namespace coropipe::compat::awaitable_operators;
 using asio::awaitable;
 using asio::use_awaitable;
 using coropipe::line_reader;
@@ -30,7 +27,7 @@ using coropipe_test::run;
 namespace {
 
 const std::string helper = COROPIPE_CHILD_HELPER;
-constexpr auto as_tuple = asio::experimental::as_tuple(use_awaitable);
+constexpr auto as_tuple = coropipe::compat::as_tuple(use_awaitable);
 
 template <typename Reader>
 awaitable<std::vector<std::string>> all_lines(Reader& r) {
@@ -142,7 +139,7 @@ TEST_CASE("a line longer than the limit is an error; the next line is read norma
   pipe.close();
   line_reader lines(pipe.in, 8);
   CHECK(lines.max_line() == 8);
-  std::vector<std::pair<std::error_code, std::optional<std::string>>> got;
+  std::vector<std::pair<coropipe::error_code, std::optional<std::string>>> got;
   run(io, [&]() -> awaitable<void> {
     for (int i = 0; i < 6; ++i) {
       auto [ec, line] = co_await lines.async_read_line(as_tuple);

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The test runner shared by every test executable. Besides running doctest it
 // enforces, after every test case, two promises coropipe makes:
 //  - no descriptor leaked: the set of open descriptors is what it was before;

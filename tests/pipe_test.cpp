@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/pipe.hpp>
 
 #include <doctest/doctest.h>
@@ -53,13 +54,13 @@ rlim_t lowest_free_fd() {
 // invalid vptr. Making the virtual calls of error_category and system_error
 // once beforehand puts them in the sanitizer's cache. Harmless without it.
 void warm_up_error_category_calls() {
-  const std::error_code ec(EMFILE, std::system_category());
+  const coropipe::error_code ec(EMFILE, coropipe::system_category());
   CHECK_FALSE(ec.message().empty());
   CHECK(ec == std::errc::too_many_files_open);
   CHECK(ec.default_error_condition() == std::errc::too_many_files_open);
   try {
-    throw std::system_error(ec, "warm-up");
-  } catch (const std::system_error& e) {
+    throw coropipe::system_error(ec, "warm-up");
+  } catch (const coropipe::system_error& e) {
     CHECK(e.code() == ec);
     CHECK(std::string(e.what()).find("warm-up") != std::string::npos);
   }
@@ -68,7 +69,7 @@ void warm_up_error_category_calls() {
 // What a call that failed reported: its code and what().
 struct failure {
   bool thrown = false;
-  std::error_code code;
+  coropipe::error_code code;
   std::string what;
 };
 
@@ -77,7 +78,7 @@ failure catch_system_error(F f) {
   failure result;
   try {
     f();
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     result.thrown = true;
     result.code = e.code();
     result.what = e.what();
@@ -152,7 +153,7 @@ TEST_CASE("pipe() works with structured bindings") {
 }
 
 TEST_CASE("pipe(ec) succeeds and clears ec") {
-  std::error_code ec = std::make_error_code(std::errc::io_error);
+  coropipe::error_code ec = std::make_error_code(std::errc::io_error);
   coropipe::pipe_ends ends = coropipe::pipe(ec);
   CHECK_FALSE(ec);
   CHECK(ends.read_end.valid());
@@ -166,7 +167,7 @@ TEST_CASE("pipe() out of descriptors throws EMFILE naming pipe2, and works again
   warm_up_error_category_calls();
   // Only record results while the limit holds; check them afterwards.
   failure thrown;
-  std::error_code ec;
+  coropipe::error_code ec;
   coropipe::pipe_ends ends;
   {
     coropipe_test::scoped_rlimit limit(RLIMIT_NOFILE, lowest_free_fd());
@@ -175,11 +176,11 @@ TEST_CASE("pipe() out of descriptors throws EMFILE naming pipe2, and works again
   }
   CAPTURE(thrown.what);
   CHECK(thrown.thrown);
-  CHECK(thrown.code == std::error_code(EMFILE, std::system_category()));
+  CHECK(thrown.code == coropipe::error_code(EMFILE, coropipe::system_category()));
   CHECK(thrown.code == std::errc::too_many_files_open);
   CHECK(thrown.what.find("pipe2") != std::string::npos);
 
-  CHECK(ec == std::error_code(EMFILE, std::system_category()));
+  CHECK(ec == coropipe::error_code(EMFILE, coropipe::system_category()));
   CHECK_FALSE(ends.read_end.valid());
   CHECK_FALSE(ends.write_end.valid());
   CHECK(ends.read_end.get() == -1);
@@ -222,7 +223,7 @@ TEST_CASE("duplex_pair() is a pair of AF_UNIX stream sockets") {
 }
 
 TEST_CASE("duplex_pair(ec) clears ec on success and reports EMFILE when out of descriptors") {
-  std::error_code ec = std::make_error_code(std::errc::io_error);
+  coropipe::error_code ec = std::make_error_code(std::errc::io_error);
   {
     const coropipe::duplex_ends ends = coropipe::duplex_pair(ec);
     CHECK_FALSE(ec);
@@ -252,7 +253,7 @@ TEST_CASE("a fresh pipe has the Linux default capacity of 64 KiB") {
   const coropipe::pipe_ends ends = coropipe::pipe();
   CHECK(coropipe::pipe_capacity(ends.read_end.get()) == 65536);
   CHECK(coropipe::pipe_capacity(ends.write_end.get()) == 65536);
-  std::error_code ec = std::make_error_code(std::errc::io_error);
+  coropipe::error_code ec = std::make_error_code(std::errc::io_error);
   CHECK(coropipe::pipe_capacity(ends.write_end.get(), ec) == 65536);
   CHECK_FALSE(ec);
 }
@@ -267,7 +268,7 @@ TEST_CASE("set_pipe_capacity() rounds up to a power of two and is seen from eith
   CHECK(coropipe::pipe_capacity(ends.read_end.get()) == set);
 
   // Setting it through the read end changes the same pipe.
-  std::error_code ec = std::make_error_code(std::errc::io_error);
+  coropipe::error_code ec = std::make_error_code(std::errc::io_error);
   const std::size_t smaller = coropipe::set_pipe_capacity(ends.read_end.get(), 8192, ec);
   CHECK_FALSE(ec);
   CHECK(smaller == 8192);
@@ -306,18 +307,18 @@ TEST_CASE("set_pipe_capacity() on a descriptor that is not a pipe fails with EBA
     bool thrown = false;
     try {
       (void)coropipe::set_pipe_capacity(fd, 100000);
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       thrown = true;
       const std::string what = e.what();
       CAPTURE(what);
-      CHECK(e.code() == std::error_code(EBADF, std::system_category()));
+      CHECK(e.code() == coropipe::error_code(EBADF, coropipe::system_category()));
       CHECK(what.find("fcntl(F_SETPIPE_SZ)") != std::string::npos);
     }
     CHECK(thrown);
 
-    std::error_code ec;
+    coropipe::error_code ec;
     CHECK(coropipe::set_pipe_capacity(fd, 100000, ec) == 0);
-    CHECK(ec == std::error_code(EBADF, std::system_category()));
+    CHECK(ec == coropipe::error_code(EBADF, coropipe::system_category()));
   }
 }
 
@@ -326,40 +327,40 @@ TEST_CASE("pipe_capacity() on a descriptor that is not a pipe fails with EBADF")
   bool thrown = false;
   try {
     (void)coropipe::pipe_capacity(sockets.second.get());
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     thrown = true;
     const std::string what = e.what();
     CAPTURE(what);
-    CHECK(e.code() == std::error_code(EBADF, std::system_category()));
+    CHECK(e.code() == coropipe::error_code(EBADF, coropipe::system_category()));
     CHECK(what.find("fcntl(F_GETPIPE_SZ)") != std::string::npos);
   }
   CHECK(thrown);
 
-  std::error_code ec;
+  coropipe::error_code ec;
   CHECK(coropipe::pipe_capacity(sockets.second.get(), ec) == 0);
   CHECK(ec == std::errc::bad_file_descriptor);
 }
 
 TEST_CASE("pipe_capacity(-1) fails with EBADF") {
-  std::error_code ec;
+  coropipe::error_code ec;
   CHECK(coropipe::pipe_capacity(-1, ec) == 0);
-  CHECK(ec == std::error_code(EBADF, std::system_category()));
-  CHECK_THROWS_AS((void)coropipe::pipe_capacity(-1), std::system_error);
+  CHECK(ec == coropipe::error_code(EBADF, coropipe::system_category()));
+  CHECK_THROWS_AS((void)coropipe::pipe_capacity(-1), coropipe::system_error);
 
-  std::error_code set_ec;
+  coropipe::error_code set_ec;
   CHECK(coropipe::set_pipe_capacity(-1, 65536, set_ec) == 0);
-  CHECK(set_ec == std::error_code(EBADF, std::system_category()));
+  CHECK(set_ec == coropipe::error_code(EBADF, coropipe::system_category()));
 }
 
 TEST_CASE("set_pipe_capacity() above INT_MAX fails with EINVAL and leaves the pipe alone") {
   const coropipe::pipe_ends ends = coropipe::pipe();
   const auto too_big = static_cast<std::size_t>(std::numeric_limits<int>::max()) + 1;
 
-  std::error_code ec;
+  coropipe::error_code ec;
   CHECK(coropipe::set_pipe_capacity(ends.write_end.get(), too_big, ec) == 0);
-  CHECK(ec == std::error_code(EINVAL, std::system_category()));
+  CHECK(ec == coropipe::error_code(EINVAL, coropipe::system_category()));
 
-  std::error_code ec_max;
+  coropipe::error_code ec_max;
   CHECK(coropipe::set_pipe_capacity(ends.write_end.get(), std::numeric_limits<std::size_t>::max(),
                                     ec_max) == 0);
   CHECK(ec_max == std::errc::invalid_argument);
@@ -367,7 +368,7 @@ TEST_CASE("set_pipe_capacity() above INT_MAX fails with EINVAL and leaves the pi
   bool thrown = false;
   try {
     (void)coropipe::set_pipe_capacity(ends.write_end.get(), too_big);
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     thrown = true;
     const std::string what = e.what();
     CAPTURE(what);
@@ -382,11 +383,11 @@ TEST_CASE("shrinking a pipe below the bytes queued in it fails with EBUSY") {
   const coropipe::pipe_ends ends = coropipe::pipe();
   write_exactly(ends.write_end.get(), std::string(8192, 'q'));
 
-  std::error_code ec;
+  coropipe::error_code ec;
   CHECK(coropipe::set_pipe_capacity(ends.write_end.get(), 4096, ec) == 0);
-  CHECK(ec == std::error_code(EBUSY, std::system_category()));
+  CHECK(ec == coropipe::error_code(EBUSY, coropipe::system_category()));
   CHECK_THROWS_WITH_AS((void)coropipe::set_pipe_capacity(ends.read_end.get(), 4096),
-                       doctest::Contains("fcntl(F_SETPIPE_SZ)"), std::system_error);
+                       doctest::Contains("fcntl(F_SETPIPE_SZ)"), coropipe::system_error);
   CHECK(coropipe::pipe_capacity(ends.read_end.get()) == 65536);
 
   // The queued bytes are intact, and once drained the pipe can shrink.

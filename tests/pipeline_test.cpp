@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/pipeline.hpp>
 
 #include <doctest/doctest.h>
@@ -7,12 +8,7 @@
 #include <coropipe/communicate.hpp>
 #include <coropipe/error.hpp>
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/read.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
-#include <asio/write.hpp>
+#include <coropipe/asio.hpp>
 
 #include <signal.h>
 
@@ -21,7 +17,7 @@
 #include <vector>
 
 using namespace std::chrono_literals;
-using namespace asio::experimental::awaitable_operators;
+using namespace coropipe::compat::awaitable_operators;
 using asio::awaitable;
 using asio::use_awaitable;
 using coropipe::exit_status;
@@ -35,7 +31,7 @@ using coropipe_test::run;
 namespace {
 
 const std::string helper = COROPIPE_CHILD_HELPER;
-constexpr auto as_tuple = asio::experimental::as_tuple(use_awaitable);
+constexpr auto as_tuple = coropipe::compat::as_tuple(use_awaitable);
 
 awaitable<std::string> read_to_eof(asio::posix::stream_descriptor& in) {
   std::string out;
@@ -44,7 +40,7 @@ awaitable<std::string> read_to_eof(asio::posix::stream_descriptor& in) {
     auto [ec, n] = co_await in.async_read_some(asio::buffer(buf), as_tuple);
     out.append(buf, n);
     if (ec == asio::error::eof) co_return out;
-    if (ec) throw std::system_error(ec, "read");
+    if (ec) throw coropipe::system_error(ec, "read");
   }
 }
 
@@ -67,14 +63,14 @@ std::pair<std::string, pipeline_status> feed(asio::io_context& io, pipeline& p, 
   }());
 }
 
-std::system_error spawn_error(asio::io_context& io, pipeline_options opts) {
+coropipe::system_error spawn_error(asio::io_context& io, pipeline_options opts) {
   try {
     (void)coropipe::spawn(io, std::move(opts));
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     return e;
   }
   FAIL("spawn() did not throw");
-  return std::system_error(std::error_code());
+  return coropipe::system_error(coropipe::error_code());
 }
 
 } // namespace
@@ -176,7 +172,7 @@ TEST_CASE("a stage that cannot be started: the error names it, and the stages al
         "coropipe::spawn: stage 1 (no-such-program-coropipe): execve no-such-program-coropipe: No such file or directory");
   CHECK_FALSE(coropipe_test::has_children());
 
-  std::error_code ec;
+  coropipe::error_code ec;
   pipeline p = coropipe::spawn(io, spawn_options{.argv = {"true"}} | spawn_options{.argv = {"true"}, .cwd = "/nonexistent"}, ec);
   CHECK(ec == std::errc::no_such_file_or_directory);
   CHECK(p.size() == 0);
@@ -269,11 +265,11 @@ TEST_CASE("an empty pipeline, and a pipeline of one stage") {
   asio::io_context io;
   pipeline empty;
   CHECK(empty.size() == 0);
-  auto [ec, st] = run(io, [&]() -> awaitable<std::tuple<std::error_code, pipeline_status>> {
+  auto [ec, st] = run(io, [&]() -> awaitable<std::tuple<coropipe::error_code, pipeline_status>> {
     co_return co_await empty.async_wait(as_tuple);
   }());
   CHECK(ec == coropipe::errc::no_child);
-  std::error_code sec;
+  coropipe::error_code sec;
   empty.signal(SIGTERM, sec);
   CHECK(sec == coropipe::errc::no_child);
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The samples, run as programs, and the helpers they print with.
 #include "python_format.hpp"
 

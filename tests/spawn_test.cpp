@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/spawn.hpp>
 
 #include <doctest/doctest.h>
@@ -8,11 +9,8 @@
 #include <coropipe/error.hpp>
 #include <coropipe/pipe.hpp>
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/read.hpp>
-#include <asio/strand.hpp>
-#include <asio/use_awaitable.hpp>
-#include <asio/write.hpp>
+#include <coropipe/asio.hpp>
+#include COROPIPE_ASIO_INCLUDE(strand.hpp)
 
 #include <fcntl.h>
 #include <signal.h>
@@ -43,7 +41,7 @@ using coropipe_test::run;
 namespace {
 
 const std::string helper = COROPIPE_CHILD_HELPER;
-constexpr auto as_tuple = asio::experimental::as_tuple(use_awaitable);
+constexpr auto as_tuple = coropipe::compat::as_tuple(use_awaitable);
 
 awaitable<std::string> read_to_eof(asio::posix::stream_descriptor& in) {
   std::string out;
@@ -52,7 +50,7 @@ awaitable<std::string> read_to_eof(asio::posix::stream_descriptor& in) {
     auto [ec, n] = co_await in.async_read_some(asio::buffer(buf), as_tuple);
     out.append(buf, n);
     if (ec == asio::error::eof) co_return out;
-    if (ec) throw std::system_error(ec, "read");
+    if (ec) throw coropipe::system_error(ec, "read");
   }
 }
 
@@ -84,11 +82,11 @@ struct temp_dir {
   std::filesystem::path path;
   temp_dir() {
     char tmpl[] = "/tmp/coropipe-spawn-test-XXXXXX";
-    if (::mkdtemp(tmpl) == nullptr) throw std::system_error(errno, std::system_category(), "mkdtemp");
+    if (::mkdtemp(tmpl) == nullptr) throw coropipe::system_error(errno, coropipe::system_category(), "mkdtemp");
     path = tmpl;
   }
   ~temp_dir() {
-    std::error_code ec;
+    coropipe::error_code ec;
     std::filesystem::remove_all(path, ec);
   }
   std::filesystem::path file(const std::string& name, const std::string& content, std::filesystem::perms perms) const {
@@ -115,14 +113,14 @@ std::string fd_target_in(const std::string& report, int fd) {
 }
 
 // What spawn() throws for @p opts.
-std::system_error spawn_error(asio::io_context& io, spawn_options opts) {
+coropipe::system_error spawn_error(asio::io_context& io, spawn_options opts) {
   try {
     (void)coropipe::spawn(io, std::move(opts));
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     return e;
   }
   FAIL("spawn() did not throw");
-  return std::system_error(std::error_code());
+  return coropipe::system_error(coropipe::error_code());
 }
 
 // A free descriptor number below 10 (so that sh can redirect to it), not in @p avoid.
@@ -407,12 +405,12 @@ TEST_CASE("exec failures are errors naming the step and the errno, and leave not
     INFO("expecting: " << c.what);
     const auto e = spawn_error(io, std::move(c.opts));
     CHECK(e.code() == c.error);
-    CHECK(e.code().category() == std::system_category());
+    CHECK(e.code().category() == coropipe::system_category());
     CHECK(std::string(e.what()) == "coropipe::spawn: " + c.what);
     CHECK_FALSE(coropipe_test::has_children());  // the failed child was reaped
   }
   // The error_code form: the errno, and an empty process.
-  std::error_code ec;
+  coropipe::error_code ec;
   process p = coropipe::spawn(io, {.argv = {"/nonexistent/program"}}, ec);
   CHECK(ec == std::errc::no_such_file_or_directory);
   CHECK_FALSE(p.valid());
@@ -490,7 +488,7 @@ TEST_CASE("options that can never work are invalid_argument, before anything is 
   }
   check({.argv = {"true"}, .new_session = true, .process_group = 0}, "new_session and process_group exclude each other");
   check({.argv = {"true"}, .parent_death_signal = 99}, "parent_death_signal is not a signal");
-  std::error_code ec;
+  coropipe::error_code ec;
   process p = coropipe::spawn(io, {}, ec);
   CHECK(ec == coropipe::errc::invalid_argument);
   CHECK_FALSE(p.valid());
@@ -501,7 +499,7 @@ TEST_CASE("a failed spawn closes the descriptors it was given") {
   auto [in, out] = coropipe::pipe();
   spawn_options opts{.argv = {"/nonexistent/program"}, .out = stdio::from(std::move(out))};
   opts.pass_fd(10, coropipe::pipe().write_end);
-  std::error_code ec;
+  coropipe::error_code ec;
   (void)coropipe::spawn(io, std::move(opts), ec);
   CHECK(ec == std::errc::no_such_file_or_directory);
   CHECK(coropipe_test::read_all(in.get(), 5s).empty());  // no writer left
@@ -514,14 +512,14 @@ TEST_CASE("a descriptor that cannot be put in place is reported") {
   const int source = out.get();
   opts.pass_fd(200, std::move(out));
   std::string what;
-  std::error_code code;
+  coropipe::error_code code;
   {
     // No descriptor number above 100 for the child: moving the source above
     // 200 fails there.
     coropipe_test::scoped_rlimit lim(RLIMIT_NOFILE, 100);
     try {
       (void)coropipe::spawn(io, std::move(opts));
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       what = e.what();
       code = e.code();
     }
@@ -625,11 +623,11 @@ TEST_CASE("async_stop_group stops the whole group, grandchildren included, with 
 TEST_CASE("group operations need a group of the program's own") {
   asio::io_context io;
   process p = coropipe::spawn(io, {.argv = {helper, "sleep", "60"}});
-  std::error_code ec;
+  coropipe::error_code ec;
   p.signal_group(SIGTERM, ec);
   CHECK(ec == coropipe::errc::invalid_argument);
-  CHECK_THROWS_AS(p.signal_group(SIGTERM), std::system_error);
-  auto [wec, st] = run(io, p.async_stop_group(1s, asio::experimental::as_tuple(use_awaitable)));
+  CHECK_THROWS_AS(p.signal_group(SIGTERM), coropipe::system_error);
+  auto [wec, st] = run(io, p.async_stop_group(1s, coropipe::compat::as_tuple(use_awaitable)));
   CHECK(wec == coropipe::errc::invalid_argument);
   // The program was left alone.
   CHECK_FALSE(p.try_wait().has_value());
@@ -745,7 +743,7 @@ TEST_CASE("an empty process") {
   CHECK_FALSE(p.valid());
   CHECK_FALSE(p.stdin_pipe().is_open());
   CHECK(p.get_executor() == asio::any_io_executor(io.get_executor()));
-  auto [ec, st] = run(io, p.async_wait(asio::experimental::as_tuple(use_awaitable)));
+  auto [ec, st] = run(io, p.async_wait(coropipe::compat::as_tuple(use_awaitable)));
   CHECK(ec == coropipe::errc::no_child);
 }
 
@@ -812,7 +810,7 @@ TEST_CASE("many spawns in a row, failing ones included (also under ThreadSanitiz
     REQUIRE(run(io, p.async_wait(use_awaitable)) == exit_status::exited(i % 7));
     if (i % 20 == 0) {
       const auto e = spawn_error(io, {.argv = {"/nonexistent/coropipe-program"}});
-      CHECK(e.code() == std::error_code(ENOENT, std::system_category()));
+      CHECK(e.code() == coropipe::error_code(ENOENT, coropipe::system_category()));
     }
   }
 }

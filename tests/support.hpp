@@ -1,10 +1,9 @@
+// SPDX-License-Identifier: BSL-1.0
 // Helpers shared by coropipe's tests. Header-only; each test executable
 // includes it after the header under test.
 #pragma once
 
-#include <asio/awaitable.hpp>
-#include <asio/co_spawn.hpp>
-#include <asio/io_context.hpp>
+#include <coropipe/asio.hpp>
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -181,7 +180,7 @@ public:
     ::getrlimit(resource_, &old_);
     rlimit lim = old_;
     lim.rlim_cur = soft;
-    if (::setrlimit(resource_, &lim) != 0) throw std::system_error(errno, std::system_category(), "setrlimit");
+    if (::setrlimit(resource_, &lim) != 0) throw coropipe::system_error(errno, coropipe::system_category(), "setrlimit");
   }
   ~scoped_rlimit() { ::setrlimit(resource_, &old_); }
   scoped_rlimit(const scoped_rlimit&) = delete;
@@ -204,7 +203,7 @@ inline std::string read_all(int fd, std::chrono::milliseconds timeout = 30s) {
     if (r == 0) throw std::runtime_error("read_all: timed out");
     const ssize_t n = ::read(fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw std::system_error(errno, std::system_category(), "read");
+    if (n < 0) throw coropipe::system_error(errno, coropipe::system_category(), "read");
     if (n == 0) return out;
     out.append(buf, static_cast<std::size_t>(n));
   }
@@ -244,7 +243,7 @@ pid_t fork_raw(Body&& body) {
   if (pid < 0) {
     const int err = errno;
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-    throw std::system_error(err, std::system_category(), "fork");
+    throw coropipe::system_error(err, coropipe::system_category(), "fork");
   }
   if (pid == 0) {
     // doctest's crash handlers must not run in the child: default actions.
@@ -276,7 +275,7 @@ pid_t fork_raw(Body&& body) {
 /// makes the next descriptor-creating call fail with EMFILE.
 inline int lowest_free_fd() {
   const int fd = ::fcntl(0, F_DUPFD, 0);
-  if (fd < 0) throw std::system_error(errno, std::system_category(), "fcntl(F_DUPFD)");
+  if (fd < 0) throw coropipe::system_error(errno, coropipe::system_category(), "fcntl(F_DUPFD)");
   ::close(fd);
   return fd;
 }
@@ -300,12 +299,12 @@ struct started_program {
 /// @p stdin_fd: the program's stdin (default /dev/null); not closed here.
 inline started_program start_program(const std::vector<std::string>& argv, int stdin_fd = -1) {
   int out[2], err[2];
-  if (::pipe2(out, O_CLOEXEC) != 0) throw std::system_error(errno, std::system_category(), "pipe2");
+  if (::pipe2(out, O_CLOEXEC) != 0) throw coropipe::system_error(errno, coropipe::system_category(), "pipe2");
   if (::pipe2(err, O_CLOEXEC) != 0) {
     const int e = errno;
     ::close(out[0]);
     ::close(out[1]);
-    throw std::system_error(e, std::system_category(), "pipe2");
+    throw coropipe::system_error(e, coropipe::system_category(), "pipe2");
   }
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
@@ -335,7 +334,7 @@ inline started_program start_program(const std::vector<std::string>& argv, int s
   if (r != 0) {
     ::close(out[0]);
     ::close(err[0]);
-    throw std::system_error(r, std::system_category(), "posix_spawn " + argv[0]);
+    throw coropipe::system_error(r, coropipe::system_category(), "posix_spawn " + argv[0]);
   }
   return {pid, out[0], err[0]};
 }
@@ -364,7 +363,7 @@ inline program_result finish_program(started_program& p, std::chrono::millisecon
       throw std::runtime_error("program did not finish in time");
     }
     if (::poll(fds, 2, static_cast<int>(left.count())) < 0 && errno != EINTR)
-      throw std::system_error(errno, std::system_category(), "poll");
+      throw coropipe::system_error(errno, coropipe::system_category(), "poll");
     for (int i = 0; i < 2; ++i) {
       int& fd = i == 0 ? p.out : p.err;
       if (fd < 0 || fds[i].revents == 0) continue;
@@ -398,11 +397,11 @@ inline program_result run_program_with_input(const std::vector<std::string>& arg
                                              std::chrono::milliseconds timeout = 60s) {
   char path[] = "/tmp/coropipe-test-input-XXXXXX";
   const int fd = ::mkostemp(path, O_CLOEXEC);
-  if (fd < 0) throw std::system_error(errno, std::system_category(), "mkostemp");
+  if (fd < 0) throw coropipe::system_error(errno, coropipe::system_category(), "mkostemp");
   ::unlink(path);
   if (::write(fd, input.data(), input.size()) != static_cast<ssize_t>(input.size()) || ::lseek(fd, 0, SEEK_SET) != 0) {
     ::close(fd);
-    throw std::system_error(errno, std::system_category(), "write");
+    throw coropipe::system_error(errno, coropipe::system_category(), "write");
   }
   started_program p;
   try {
@@ -511,7 +510,7 @@ struct piped_program {
 /// and reaps the program (wait_for_pid).
 inline piped_program start_piped_program(const std::vector<std::string>& argv) {
   int in[2];
-  if (::pipe2(in, O_CLOEXEC) != 0) throw std::system_error(errno, std::system_category(), "pipe2");
+  if (::pipe2(in, O_CLOEXEC) != 0) throw coropipe::system_error(errno, coropipe::system_category(), "pipe2");
   started_program p;
   try {
     p = start_program(argv, in[0]);
@@ -528,7 +527,6 @@ inline piped_program start_piped_program(const std::vector<std::string>& argv) {
 
 // --- Helpers of the stress scenarios (tests/stress) ---
 
-#include <asio/use_awaitable.hpp>
 
 namespace coropipe_test {
 

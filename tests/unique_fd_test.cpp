@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include <coropipe/unique_fd.hpp>
 
 #include <doctest/doctest.h>
@@ -190,23 +191,23 @@ TEST_CASE("close() closes the descriptor and leaves the owner empty") {
   CHECK_FALSE(r.valid());
   CHECK(is_closed(p.read_fd));
 
-  std::error_code ec = std::make_error_code(std::errc::io_error);  // must be cleared
+  coropipe::error_code ec = std::make_error_code(std::errc::io_error);  // must be cleared
   w.close(ec);
   CHECK_FALSE(ec);
   CHECK_FALSE(w.valid());
   CHECK(is_closed(p.write_fd));
 }
 
-TEST_CASE("close() on an empty unique_fd throws std::system_error with EBADF naming close") {
+TEST_CASE("close() on an empty unique_fd throws coropipe::system_error with EBADF naming close") {
   coropipe::unique_fd fd;
   bool thrown = false;
   try {
     fd.close();
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     thrown = true;
     const std::string what = e.what();
     CAPTURE(what);
-    CHECK(e.code() == std::error_code(EBADF, std::system_category()));
+    CHECK(e.code() == coropipe::error_code(EBADF, coropipe::system_category()));
     CHECK(e.code() == std::errc::bad_file_descriptor);
     CHECK(what.find("close") != std::string::npos);
   }
@@ -216,14 +217,14 @@ TEST_CASE("close() on an empty unique_fd throws std::system_error with EBADF nam
 
 TEST_CASE("close(ec) on an empty unique_fd sets EBADF") {
   coropipe::unique_fd fd;
-  std::error_code ec;
+  coropipe::error_code ec;
   fd.close(ec);
-  CHECK(ec == std::error_code(EBADF, std::system_category()));
+  CHECK(ec == coropipe::error_code(EBADF, coropipe::system_category()));
   CHECK(ec == std::errc::bad_file_descriptor);
   CHECK_FALSE(fd.valid());
 
   // A second close on the (still) empty owner reports the same.
-  std::error_code again;
+  coropipe::error_code again;
   fd.close(again);
   CHECK(again == std::errc::bad_file_descriptor);
 }
@@ -234,7 +235,7 @@ TEST_CASE("close() reports close()'s own failure and still leaves the owner empt
   coropipe::unique_fd r(p.read_fd);
   // Close the descriptor behind the owner's back: its close() then fails.
   close_raw(p.read_fd);
-  std::error_code ec;
+  coropipe::error_code ec;
   r.close(ec);
   CHECK(ec == std::errc::bad_file_descriptor);
   CHECK(r.get() == -1);
@@ -279,7 +280,7 @@ TEST_CASE("duplicate(ec) succeeds and clears ec") {
   const raw_pipe p = make_raw_pipe();
   coropipe::unique_fd r(p.read_fd);
   coropipe::unique_fd w(p.write_fd);
-  std::error_code ec = std::make_error_code(std::errc::io_error);
+  coropipe::error_code ec = std::make_error_code(std::errc::io_error);
   coropipe::unique_fd dup = r.duplicate(ec);
   CHECK_FALSE(ec);
   REQUIRE(dup.valid());
@@ -293,19 +294,19 @@ TEST_CASE("duplicate() of an empty unique_fd fails with EBADF") {
     bool thrown = false;
     try {
       (void)empty.duplicate();
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       thrown = true;
       const std::string what = e.what();
       CAPTURE(what);
-      CHECK(e.code() == std::error_code(EBADF, std::system_category()));
+      CHECK(e.code() == coropipe::error_code(EBADF, coropipe::system_category()));
       CHECK(what.find("fcntl(F_DUPFD_CLOEXEC)") != std::string::npos);
     }
     CHECK(thrown);
   }
   SUBCASE("error_code form") {
-    std::error_code ec;
+    coropipe::error_code ec;
     const coropipe::unique_fd dup = empty.duplicate(ec);
-    CHECK(ec == std::error_code(EBADF, std::system_category()));
+    CHECK(ec == coropipe::error_code(EBADF, coropipe::system_category()));
     CHECK_FALSE(dup.valid());
     CHECK(dup.get() == -1);
   }
@@ -318,7 +319,7 @@ TEST_CASE("duplicate() under a descriptor limit fails with EMFILE and leaks noth
   // The lowest free descriptor number: with the limit there, none is left.
   int lowest_free = 0;
   while (is_open(lowest_free)) ++lowest_free;
-  std::error_code ec;
+  coropipe::error_code ec;
   coropipe::unique_fd dup;
   {
     coropipe_test::scoped_rlimit limit(RLIMIT_NOFILE, static_cast<rlim_t>(lowest_free));

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSL-1.0
 # Runs a sample under Valgrind memcheck for CTest (label "valgrind").
 #   valgrind-sample.sh VALGRIND EXPECTED_EXIT INPUT -- COMMAND [ARGS...]
 # INPUT is a file for the sample's stdin, or - for /dev/null. INPUT may also

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// Handing an owned descriptor to an executor as an
 /// `asio::posix::stream_descriptor`, and taking it back.
@@ -5,9 +6,7 @@
 
 #include <coropipe/unique_fd.hpp>
 
-#include <asio/any_io_executor.hpp>
-#include <asio/execution_context.hpp>
-#include <asio/posix/stream_descriptor.hpp>
+#include <coropipe/asio.hpp>
 
 #include <system_error>
 #include <type_traits>
@@ -25,13 +24,13 @@ namespace coropipe {
 /// Also blocks SIGPIPE in the calling thread (see sigpipe.hpp), so writes to a
 /// pipe whose reader is gone fail with `asio::error::broken_pipe`.
 ///
-/// @throws std::system_error naming "attach": EBADF for an empty @p fd or a
+/// @throws system_error naming "attach": EBADF for an empty @p fd or a
 /// descriptor number that is not open, or what registering with the reactor
 /// reports. @p fd is closed in that case.
 [[nodiscard]] asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd fd);
 /// As attach(), reporting the error in @p ec; the result is then not open.
 [[nodiscard]] asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd fd,
-                                                    std::error_code& ec);
+                                                    error_code& ec);
 
 /// attach() on an execution context's executor (e.g. an `asio::io_context`).
 template <typename ExecutionContext>
@@ -44,7 +43,7 @@ template <typename ExecutionContext>
 template <typename ExecutionContext>
   requires std::is_convertible_v<ExecutionContext&, asio::execution_context&>
 [[nodiscard]] asio::posix::stream_descriptor attach(ExecutionContext& ctx, unique_fd fd,
-                                                    std::error_code& ec) {
+                                                    error_code& ec) {
   return coropipe::attach(asio::any_io_executor(ctx.get_executor()), std::move(fd), ec);
 }
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// Typed channels: values of a type travel as messages over a framed_stream.
 ///
@@ -28,7 +29,7 @@
 /// ```
 /// template <> struct coropipe::codec<point> {
 ///   static void encode(const point& p, std::vector<std::byte>& out);          // append
-///   static std::error_code decode(coropipe::message_view in, point& out);      // errc::decode_failed
+///   static error_code decode(coropipe::message_view in, point& out);      // errc::decode_failed
 /// };
 /// ```
 #pragma once
@@ -39,7 +40,7 @@
 #include <coropipe/framed_stream.hpp>
 #include <coropipe/pipe.hpp>
 
-#include <asio/compose.hpp>
+#include <coropipe/asio.hpp>
 
 #include <cstring>
 #include <optional>
@@ -76,7 +77,7 @@ struct codec<std::string> {
   static void encode(const std::string& s, std::vector<std::byte>& out) {
     detail::append_bytes(out, s.data(), s.size());
   }
-  static std::error_code decode(message_view in, std::string& out) {
+  static error_code decode(message_view in, std::string& out) {
     out.assign(reinterpret_cast<const char*>(in.data()), in.size());
     return {};
   }
@@ -90,7 +91,7 @@ struct codec<std::string> {
 template <typename T>
 struct codec<T, std::enable_if_t<detail::is_plain_bytes<T>>> {
   static void encode(const T& v, std::vector<std::byte>& out) { detail::append_bytes(out, &v, sizeof(T)); }
-  static std::error_code decode(message_view in, T& out) {
+  static error_code decode(message_view in, T& out) {
     if (in.size() != sizeof(T)) return errc::decode_failed;
     if constexpr (std::is_same_v<std::remove_cv_t<T>, bool>) {
       if (std::to_integer<unsigned>(in[0]) > 1) return errc::decode_failed;
@@ -107,7 +108,7 @@ struct codec<std::vector<T, Allocator>, std::enable_if_t<detail::is_plain_bytes<
   static void encode(const std::vector<T, Allocator>& v, std::vector<std::byte>& out) {
     detail::append_bytes(out, v.data(), v.size() * sizeof(T));
   }
-  static std::error_code decode(message_view in, std::vector<T, Allocator>& out) {
+  static error_code decode(message_view in, std::vector<T, Allocator>& out) {
     if (in.size() % sizeof(T) != 0) return errc::decode_failed;
     out.resize(in.size() / sizeof(T));
     if (!in.empty()) std::memcpy(out.data(), in.data(), in.size());
@@ -120,7 +121,7 @@ template <typename T>
 concept codable = std::is_default_constructible_v<T> &&
                   requires(const T& v, T& out, std::vector<std::byte>& buf, message_view in) {
                     codec<T>::encode(v, buf);
-                    { codec<T>::decode(in, out) } -> std::same_as<std::error_code>;
+                    { codec<T>::decode(in, out) } -> std::same_as<error_code>;
                   };
 
 namespace detail {
@@ -134,7 +135,7 @@ struct owned_send_op {
   bool started = false;
 
   template <typename Self>
-  void operator()(Self& self, std::error_code ec = {}) {
+  void operator()(Self& self, error_code ec = {}) {
     if (!started) {
       started = true;
       fs.async_send(asio::buffer(bytes), std::move(self));
@@ -153,7 +154,7 @@ struct typed_receive_op {
   bool started = false;
 
   template <typename Self>
-  void operator()(Self& self, std::error_code ec = {}, std::optional<message_view> msg = {}) {
+  void operator()(Self& self, error_code ec = {}, std::optional<message_view> msg = {}) {
     if (!started) {
       started = true;
       fs.async_receive(std::move(self));
@@ -196,7 +197,7 @@ public:
 
   /// Sends @p value.
   ///
-  /// Completion signature: `void(std::error_code)`.
+  /// Completion signature: `void(error_code)`.
   ///
   /// The value is encoded before this returns, so it may change or die at
   /// once; completion means what it means for framed_stream::async_send().
@@ -213,14 +214,14 @@ public:
     } else if constexpr (detail::is_as_tuple_use_awaitable<SendToken>) {
       return send_coro<false>(std::exchange(scratch_, {}));
     } else {
-      return asio::async_compose<SendToken, void(std::error_code)>(
+      return asio::async_compose<SendToken, void(error_code)>(
           detail::owned_send_op<Stream>{fs_, std::exchange(scratch_, {})}, token, fs_.next_layer());
     }
   }
 
   /// Receives the next value.
   ///
-  /// Completion signature: `void(std::error_code, std::optional<Receive>)`.
+  /// Completion signature: `void(error_code, std::optional<Receive>)`.
   ///
   /// The optional is empty at a clean end of stream. A message that does not
   /// decode as `Receive` completes with `errc::decode_failed`; the next
@@ -232,7 +233,7 @@ public:
     } else if constexpr (detail::is_as_tuple_use_awaitable<ReceiveToken>) {
       return receive_coro<false>();
     } else {
-      return asio::async_compose<ReceiveToken, void(std::error_code, std::optional<Receive>)>(
+      return asio::async_compose<ReceiveToken, void(error_code, std::optional<Receive>)>(
           detail::typed_receive_op<Receive, Stream, false>{fs_, nullptr}, token, fs_.next_layer());
     }
   }
@@ -240,7 +241,7 @@ public:
   /// Receives the next value into @p out, reusing its memory (no allocation
   /// per message for strings and vectors once they are large enough).
   ///
-  /// Completion signature: `void(std::error_code, bool)`: false at a clean
+  /// Completion signature: `void(error_code, bool)`: false at a clean
   /// end of stream (@p out is then unchanged).
   template <typename ReceiveToken = asio::default_completion_token_t<executor_type>>
   auto async_receive(Receive& out, ReceiveToken&& token = asio::default_completion_token_t<executor_type>()) {
@@ -249,7 +250,7 @@ public:
     } else if constexpr (detail::is_as_tuple_use_awaitable<ReceiveToken>) {
       return receive_into_coro<false>(out);
     } else {
-      return asio::async_compose<ReceiveToken, void(std::error_code, bool)>(
+      return asio::async_compose<ReceiveToken, void(error_code, bool)>(
           detail::typed_receive_op<Receive, Stream, true>{fs_, &out}, token, fs_.next_layer());
     }
   }
@@ -272,12 +273,12 @@ private:
   // next send (steady state: no allocation).
   template <bool Throw>
   asio::awaitable<detail::send_result<Throw>> send_coro(std::vector<std::byte> bytes) {
-    std::error_code ec;
+    error_code ec;
     if (detail::should_yield() || !fs_.try_send(asio::buffer(bytes)))
-      std::tie(ec) = co_await fs_.async_send(asio::buffer(bytes), asio::experimental::as_tuple(asio::use_awaitable));
+      std::tie(ec) = co_await fs_.async_send(asio::buffer(bytes), compat::as_tuple(asio::use_awaitable));
     if (scratch_.capacity() < bytes.capacity()) scratch_ = std::move(bytes);
     if constexpr (Throw) {
-      if (ec) throw std::system_error(ec, "coropipe::channel::async_send");
+      if (ec) throw system_error(ec, "coropipe::channel::async_send");
     } else {
       co_return std::tuple{ec};
     }
@@ -285,11 +286,11 @@ private:
 
   template <bool Throw>
   using receive_result = std::conditional_t<Throw, std::optional<Receive>,
-                                            std::tuple<std::error_code, std::optional<Receive>>>;
+                                            std::tuple<error_code, std::optional<Receive>>>;
 
   template <bool Throw>
   asio::awaitable<receive_result<Throw>> receive_coro() {
-    auto [ec, msg] = co_await fs_.async_receive(asio::experimental::as_tuple(asio::use_awaitable));
+    auto [ec, msg] = co_await fs_.async_receive(compat::as_tuple(asio::use_awaitable));
     std::optional<Receive> value;
     if (!ec && msg) {
       value.emplace();
@@ -297,7 +298,7 @@ private:
       if (ec) value.reset();
     }
     if constexpr (Throw) {
-      if (ec) throw std::system_error(ec, "coropipe::channel::async_receive");
+      if (ec) throw system_error(ec, "coropipe::channel::async_receive");
       co_return value;
     } else {
       co_return std::tuple{ec, std::move(value)};
@@ -305,15 +306,15 @@ private:
   }
 
   template <bool Throw>
-  using receive_into_result = std::conditional_t<Throw, bool, std::tuple<std::error_code, bool>>;
+  using receive_into_result = std::conditional_t<Throw, bool, std::tuple<error_code, bool>>;
 
   template <bool Throw>
   asio::awaitable<receive_into_result<Throw>> receive_into_coro(Receive& out) {
-    auto [ec, msg] = co_await fs_.async_receive(asio::experimental::as_tuple(asio::use_awaitable));
+    auto [ec, msg] = co_await fs_.async_receive(compat::as_tuple(asio::use_awaitable));
     const bool got = !ec && msg.has_value();
     if (got) ec = codec<Receive>::decode(*msg, out);
     if constexpr (Throw) {
-      if (ec) throw std::system_error(ec, "coropipe::channel::async_receive");
+      if (ec) throw system_error(ec, "coropipe::channel::async_receive");
       co_return got;
     } else {
       co_return std::tuple{ec, got && !ec};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// coropipe::child, the handle of a child process: its pid, waiting for it
 /// without blocking, signalling it, and never leaving a zombie behind.
@@ -6,15 +7,7 @@
 #include <coropipe/exit_status.hpp>
 #include <coropipe/unique_fd.hpp>
 
-#include <asio/any_io_executor.hpp>
-#include <asio/async_result.hpp>
-#include <asio/cancellation_type.hpp>
-#include <asio/error.hpp>
-#include <asio/execution_context.hpp>
-#include <asio/compose.hpp>
-#include <asio/post.hpp>
-#include <asio/posix/stream_descriptor.hpp>
-#include <asio/steady_timer.hpp>
+#include <coropipe/asio.hpp>
 
 #include <sys/types.h>
 
@@ -38,7 +31,7 @@ struct child_state {
 
   // Reaps the child if it has terminated (waitid with WNOHANG); returns its
   // status, or nothing while it runs. A status once reaped is kept.
-  std::optional<exit_status> try_reap(std::error_code& ec) noexcept;
+  std::optional<exit_status> try_reap(error_code& ec) noexcept;
 
   pid_t pid;
   // Readable once the child has terminated. Not open where pidfds are
@@ -70,7 +63,7 @@ asio::any_io_executor executor_of(X& x) {
 asio::any_io_executor fallback_executor();
 
 // Sends @p signo to the child unless it is already reaped.
-void signal_child(child_state& st, int signo, std::error_code& ec) noexcept;
+void signal_child(child_state& st, int signo, error_code& ec) noexcept;
 
 class wait_op {
 public:
@@ -78,7 +71,7 @@ public:
       : st_(std::move(st)), kill_timer_(std::move(kill_timer)) {}
 
   template <typename Self>
-  void operator()(Self& self, std::error_code ec = {}) {
+  void operator()(Self& self, error_code ec = {}) {
     switch (phase_) {
     case phase::starting:
       phase_ = phase::waiting;
@@ -120,7 +113,7 @@ public:
 private:
   enum class phase : unsigned char { starting, waiting, completing };
 
-  bool ready(std::error_code& ec) {
+  bool ready(error_code& ec) {
     if (!st_) {
       ec = make_no_child_error();
       return true;
@@ -144,7 +137,7 @@ private:
   }
 
   template <typename Self>
-  void finish(Self& self, std::error_code ec) {
+  void finish(Self& self, error_code ec) {
     if (kill_timer_) kill_timer_->cancel();
     exit_status status;
     if (!ec && st_ && st_->status) status = *st_->status;
@@ -154,13 +147,13 @@ private:
     self.complete(ec, status);
   }
 
-  static std::error_code make_no_child_error() noexcept;
+  static error_code make_no_child_error() noexcept;
 
   std::shared_ptr<child_state> st_;
   std::shared_ptr<asio::steady_timer> kill_timer_;  // async_stop's escalation
   std::shared_ptr<asio::steady_timer> poll_timer_;  // fallback without pidfds
   std::chrono::milliseconds interval_{0};
-  std::error_code ec_;
+  error_code ec_;
   phase phase_ = phase::starting;
 };
 
@@ -199,7 +192,7 @@ public:
 
   /// Takes charge of @p pid, which must be a child of this process that no one
   /// else reaps (e.g. one started with posix_spawn()).
-  /// @throws std::system_error naming "pidfd_open" for errors other than the
+  /// @throws system_error naming "pidfd_open" for errors other than the
   /// kernel refusing pidfds (which selects the polling fallback).
   [[nodiscard]] static child adopt(const executor_type& ex, pid_t pid);
 
@@ -233,7 +226,7 @@ public:
 
   /// Waits asynchronously for the child to terminate, and reaps it.
   ///
-  /// Completion signature: `void(std::error_code, coropipe::exit_status)`.
+  /// Completion signature: `void(error_code, coropipe::exit_status)`.
   ///
   /// Waiting again after the child was reaped completes with the same status.
   /// Supports per-operation cancellation (terminal): a cancelled wait
@@ -249,7 +242,7 @@ public:
   /// Stops the child gracefully and waits for it: sends @p signo (SIGTERM by
   /// default), waits up to @p grace, then sends SIGKILL, and reaps it.
   ///
-  /// Completion signature: `void(std::error_code, coropipe::exit_status)`.
+  /// Completion signature: `void(error_code, coropipe::exit_status)`.
   ///
   /// The status tells what happened (exited on its own, killed by SIGTERM or
   /// by SIGKILL). Cancelling the operation cancels the wait and the pending
@@ -258,14 +251,14 @@ public:
   auto async_stop(std::chrono::steady_clock::duration grace, int signo,
                   StopToken&& token = asio::default_completion_token_t<executor_type>()) {
     std::shared_ptr<asio::steady_timer> kill_timer;
-    std::error_code ec;
+    error_code ec;
     if (state_ && !state_->status) {
       detail::signal_child(*state_, signo, ec);  // ESRCH etc.: the wait will tell
       kill_timer = std::make_shared<asio::steady_timer>(state_->pidfd.get_executor(), grace);
-      kill_timer->async_wait([st = std::weak_ptr(state_)](std::error_code timer_ec) {
+      kill_timer->async_wait([st = std::weak_ptr(state_)](error_code timer_ec) {
         if (timer_ec) return;
         if (auto s = st.lock(); s && !s->status) {
-          std::error_code ignored;
+          error_code ignored;
           detail::signal_child(*s, kill_signal, ignored);
         }
       });
@@ -282,24 +275,24 @@ public:
 
   /// Waits for the child, blocking the calling thread (never call this on an
   /// executor's thread: use async_wait()).
-  /// @throws std::system_error naming "waitpid".
+  /// @throws system_error naming "waitpid".
   exit_status wait();
   /// As wait(), reporting the error in @p ec.
-  exit_status wait(std::error_code& ec) noexcept;
+  exit_status wait(error_code& ec) noexcept;
 
   /// Reaps the child if it has terminated, without blocking.
   /// @returns its status, or nothing while it still runs.
-  /// @throws std::system_error naming "waitid".
+  /// @throws system_error naming "waitid".
   std::optional<exit_status> try_wait();
   /// As try_wait(), reporting the error in @p ec.
-  std::optional<exit_status> try_wait(std::error_code& ec) noexcept;
+  std::optional<exit_status> try_wait(error_code& ec) noexcept;
 
   /// Sends @p signo to the child (through its pidfd where there is one, so a
   /// recycled pid is never hit). A reaped child is not signalled (no error).
-  /// @throws std::system_error naming "pidfd_send_signal" or "kill".
+  /// @throws system_error naming "pidfd_send_signal" or "kill".
   void signal(int signo);
   /// As signal(), reporting the error in @p ec.
-  void signal(int signo, std::error_code& ec) noexcept;
+  void signal(int signo, error_code& ec) noexcept;
   /// signal(SIGTERM).
   void terminate() { signal(terminate_signal); }
   /// signal(SIGKILL).
@@ -313,11 +306,11 @@ public:
   /// `asio::error::operation_aborted`. The handle is empty afterwards.
   /// A child forked with a parent-death signal still gets it when the
   /// forking thread ends. Detaching an empty or reaped handle just empties it.
-  /// @throws std::system_error naming "pthread_create" or "eventfd" when the
+  /// @throws system_error naming "pthread_create" or "eventfd" when the
   /// reaper cannot start; the handle is then unchanged.
   void detach();
   /// As detach(), reporting the error in @p ec.
-  void detach(std::error_code& ec) noexcept;
+  void detach(error_code& ec) noexcept;
 
   static constexpr int terminate_signal = 15;  ///< SIGTERM
   static constexpr int kill_signal = 9;        ///< SIGKILL
@@ -331,7 +324,7 @@ private:
     // An empty handle has no executor of its own: its no_child error is then
     // delivered through the handler's associated executor (or the system one).
     executor_type ex = state_ ? state_->pidfd.get_executor() : detail::fallback_executor();
-    return asio::async_compose<Token, void(std::error_code, exit_status)>(
+    return asio::async_compose<Token, void(error_code, exit_status)>(
         detail::wait_op(state_, std::move(kill_timer)), token, ex);
   }
 

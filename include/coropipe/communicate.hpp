@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// async_communicate(): feed a program its input and collect its output and
 /// exit status, all at once (Python's `Popen.communicate()`).
@@ -18,8 +19,7 @@
 #include <coropipe/exit_status.hpp>
 #include <coropipe/spawn.hpp>
 
-#include <asio/async_result.hpp>
-#include <asio/awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <chrono>
 #include <cstddef>
@@ -63,14 +63,14 @@ struct communicate_result {
 };
 
 namespace detail {
-asio::awaitable<std::tuple<std::error_code, communicate_result>> communicate(
+asio::awaitable<std::tuple<error_code, communicate_result>> communicate(
     process& p, std::string_view input, communicate_options opts);
 } // namespace detail
 
 /// Writes @p input to the program's stdin and closes it, while reading its
 /// stdout and stderr to their end; then reaps the program.
 ///
-/// Completion signature: `void(std::error_code, coropipe::communicate_result)`.
+/// Completion signature: `void(error_code, coropipe::communicate_result)`.
 ///
 /// @param p      a process whose stdin (if @p input is not empty), stdout and
 ///               stderr are pipes as needed; streams that are not pipes are
@@ -95,7 +95,7 @@ asio::awaitable<std::tuple<std::error_code, communicate_result>> communicate(
 /// and the operation completes with `asio::error::timed_out` or
 /// `asio::error::operation_aborted` **together with the result**: the
 /// status, and everything read. To see that result, complete with error codes
-/// as values (`asio::experimental::as_tuple`, a callback, or
+/// as values (`compat::as_tuple`, a callback, or
 /// `make_parallel_group` to race it against something else); `use_awaitable`
 /// throws the error and drops the result, and `a || b` drops the loser's.
 /// Other errors: `errc::no_child` for an empty process,

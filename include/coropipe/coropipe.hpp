@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// The umbrella header: all of coropipe.
 #pragma once

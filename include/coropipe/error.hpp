@@ -1,12 +1,16 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// coropipe's own error conditions.
 ///
-/// System calls that fail report `std::system_category()` codes (the errno),
+/// System calls that fail report codes of the flavour's system category
+/// (`coropipe::system_category()`: std::system_category() or Boost's, holding the errno),
 /// and Asio operations report Asio's codes (`asio::error::eof`,
 /// `asio::error::broken_pipe`, `asio::error::operation_aborted`, ...).
 /// The conditions below are the ones only coropipe can detect. A clean end of
 /// stream is never one of them: it is an ordinary outcome.
 #pragma once
+
+#include <coropipe/asio.hpp>
 
 #include <string>
 #include <system_error>
@@ -42,8 +46,8 @@ enum class errc {
 [[nodiscard]] std::error_code make_error_code(errc e) noexcept;
 
 namespace detail {
-/// Throws std::system_error(ec) whose what() reads "<function>: <call>: <message>".
-[[noreturn]] void throw_error(std::error_code ec, const char* function, const char* call = nullptr);
+/// Throws coropipe::system_error(ec) whose what() reads "<function>: <call>: <message>".
+[[noreturn]] void throw_error(error_code ec, const char* function, const char* call = nullptr);
 } // namespace detail
 
 } // namespace coropipe

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// coropipe::exit_status, how a child process ended.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// fork_child(): run a coroutine in a fork()ed child process.
 ///
@@ -76,11 +77,7 @@
 #include <coropipe/pipe.hpp>
 #include <coropipe/unique_fd.hpp>
 
-#include <asio/any_io_executor.hpp>
-#include <asio/awaitable.hpp>
-#include <asio/execution_context.hpp>
-#include <asio/io_context.hpp>
-#include <asio/posix/stream_descriptor.hpp>
+#include <coropipe/asio.hpp>
 
 #include <sys/types.h>
 
@@ -133,7 +130,7 @@ struct child_body {
 
 // On failure sets @p ec and @p failed_call (the system call's name).
 child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
-                      std::span<const int> keep_fds, child_body body, std::error_code& ec,
+                      std::span<const int> keep_fds, child_body body, error_code& ec,
                       const char*& failed_call);
 
 // Descriptors among fork_child()'s arguments stay open in the child.
@@ -192,7 +189,7 @@ concept child_function =
 
 namespace detail {
 template <typename Where, typename F, typename... Args>
-child fork_bound(Where& where, const fork_options& opts, std::error_code& ec,
+child fork_bound(Where& where, const fork_options& opts, error_code& ec,
                  const char*& failed_call, F&& f, Args&&... args) {
   bound_child<std::decay_t<F>, std::decay_t<Args>...> body{
       std::forward<F>(f), std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...)};
@@ -215,18 +212,18 @@ child fork_bound(Where& where, const fork_options& opts, std::error_code& ec,
 /// ENOMEM; "pidfd_open" EMFILE (the child is then killed and reaped).
 template <detail::executor_or_context Where, typename F, typename... Args>
   requires child_function<F, Args...>
-child fork_child(Where&& where, const fork_options& opts, std::error_code& ec, F&& f,
+child fork_child(Where&& where, const fork_options& opts, error_code& ec, F&& f,
                  Args&&... args) {
   const char* failed_call = nullptr;
   return detail::fork_bound(where, opts, ec, failed_call, std::forward<F>(f),
                             std::forward<Args>(args)...);
 }
 
-/// As above, throwing std::system_error whose what() names the failing call.
+/// As above, throwing system_error whose what() names the failing call.
 template <detail::executor_or_context Where, typename F, typename... Args>
   requires child_function<F, Args...>
 child fork_child(Where&& where, const fork_options& opts, F&& f, Args&&... args) {
-  std::error_code ec;
+  error_code ec;
   const char* failed_call = nullptr;
   child c = detail::fork_bound(where, opts, ec, failed_call, std::forward<F>(f),
                                std::forward<Args>(args)...);

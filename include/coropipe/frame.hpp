@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// The message wire format, compatible with Python's
 /// `multiprocessing.connection` (`Connection.send_bytes` / `recv_bytes`).
@@ -24,6 +25,8 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <coropipe/error.hpp>
+
 #include <system_error>
 #include <vector>
 
@@ -65,7 +68,7 @@ struct frame_header {
 /// @p ec is clear); on malformed input nothing, with @p ec set to
 /// `errc::malformed_frame` or (above @p max_payload) `errc::message_too_large`.
 std::optional<frame_header> parse_frame_header(std::span<const std::byte> data, std::uint64_t max_payload,
-                                               std::error_code& ec) noexcept;
+                                               error_code& ec) noexcept;
 
 /// The receive side's buffer: bytes read from a stream go in, whole frames
 /// come out. It reads ahead (many small frames from one read), grows to hold
@@ -93,11 +96,11 @@ public:
 
   /// The next complete frame's payload, or nothing if none is buffered whole
   /// (or on error, with @p ec set).
-  [[nodiscard]] std::optional<std::span<const std::byte>> next(std::error_code& ec) noexcept;
+  [[nodiscard]] std::optional<std::span<const std::byte>> next(error_code& ec) noexcept;
 
   /// At end of stream: clear if it fell between frames, otherwise
   /// `errc::truncated_message` (or the sticky error).
-  [[nodiscard]] std::error_code finish() const noexcept;
+  [[nodiscard]] error_code finish() const noexcept;
 
   /// Bytes buffered and not yet returned by next().
   [[nodiscard]] std::size_t buffered() const noexcept { return end_ - start_; }
@@ -119,7 +122,7 @@ private:
   std::size_t read_size_;
   std::size_t needed_ = 0;  // bytes the frame at start_ needs in all (0: unknown)
   std::size_t header_size_ = 0;  // its header's length, once needed_ is known
-  std::error_code error_;
+  error_code error_;
 };
 
 namespace detail {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// coropipe::framed_stream: messages over any descriptor-based Asio stream
 /// (a pipe end, a socketpair end, a TCP socket), in the wire format of
@@ -61,10 +62,7 @@
 #include <coropipe/frame.hpp>
 #include <coropipe/io.hpp>
 
-#include <asio/any_io_executor.hpp>
-#include <asio/cancellation_type.hpp>
-#include <asio/posix/stream_descriptor.hpp>
-#include <asio/steady_timer.hpp>
+#include <coropipe/asio.hpp>
 
 #include <cstddef>
 #include <memory>
@@ -106,12 +104,12 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
   frame_buffer rbuf;
   bool receiving = false;
   bool eof = false;
-  std::error_code read_error;
+  error_code read_error;
 
   // Sending.
   send_queue queue;
   bool flushing = false;
-  std::error_code write_error;
+  error_code write_error;
   // Senders and flushers wait on this timer; the flush cancels it whenever
   // it makes progress (or fails), which wakes them all to look again.
   asio::steady_timer progress;
@@ -119,7 +117,7 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
   bool has_room() const noexcept { return queue.pending_bytes() < opts.send_buffer_size; }
 
   void notify() {
-    std::error_code ignored;
+    error_code ignored;
     progress.cancel();
   }
 
@@ -138,11 +136,11 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
       ::iovec iov[max_iovecs];
       const int n = queue.gather(iov, max_iovecs);
       if (n == 0) break;
-      std::error_code ec;
+      error_code ec;
       const std::size_t written = try_writev(stream.native_handle(), iov, n, ec);
       if (ec == asio::error::would_block) {
         if (progressed) notify();
-        stream.async_wait(Stream::wait_write, [self = this->shared_from_this()](std::error_code wait_ec) {
+        stream.async_wait(Stream::wait_write, [self = this->shared_from_this()](error_code wait_ec) {
           // Cancelled by a stream.cancel() (our destructor stopping a
           // receive): keep flushing while the descriptor is open.
           if (wait_ec && (wait_ec != asio::error::operation_aborted || !self->stream.is_open())) {
@@ -164,7 +162,7 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
     notify();
   }
 
-  void fail(std::error_code ec) {
+  void fail(error_code ec) {
     write_error = ec;
     flushing = false;
     notify();
@@ -173,7 +171,7 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
   // Takes the next buffered frame, reading (without blocking) if needed.
   // Returns true when the receive is over: with a message, an end of
   // stream (nothing, no error), or an error; false when it must wait.
-  bool try_receive(std::optional<message_view>& msg, std::error_code& ec) {
+  bool try_receive(std::optional<message_view>& msg, error_code& ec) {
     for (;;) {
       if (read_error) {
         ec = read_error;
@@ -192,7 +190,7 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
       }
       prepare(stream);
       const auto room = rbuf.prepare();
-      std::error_code rec;
+      error_code rec;
       const std::size_t n = try_read(stream.native_handle(), room.data(), room.size(), rec);
       if (rec == asio::error::would_block) return false;
       if (rec == asio::error::eof) {
@@ -215,7 +213,7 @@ public:
   explicit receive_op(std::shared_ptr<framed_state<Stream>> st) : st_(std::move(st)) {}
 
   template <typename Self>
-  void operator()(Self& self, std::error_code ec = {}) {
+  void operator()(Self& self, error_code ec = {}) {
     if (phase_ == phase::completing) return done(self, ec_);
     if (phase_ == phase::starting) {
       if (st_->receiving) {
@@ -244,7 +242,7 @@ private:
   enum class phase : unsigned char { starting, waiting, completing };
 
   template <typename Self>
-  void done(Self& self, std::error_code ec) {
+  void done(Self& self, error_code ec) {
     if (ec != asio::error::already_started) st_->receiving = false;
     auto st = std::move(st_);
     self.complete(ec, ec ? std::nullopt : msg_);
@@ -252,7 +250,7 @@ private:
 
   std::shared_ptr<framed_state<Stream>> st_;
   std::optional<message_view> msg_;
-  std::error_code ec_;
+  error_code ec_;
   phase phase_ = phase::starting;
 };
 
@@ -263,7 +261,7 @@ public:
       : st_(std::move(st)), payload_(payload), flush_only_(flush_only), close_after_(close_after) {}
 
   template <typename Self>
-  void operator()(Self& self, std::error_code ec = {}) {
+  void operator()(Self& self, error_code ec = {}) {
     if (phase_ == phase::completing) return done(self, ec_);
     if (phase_ != phase::starting && ec && ec != asio::error::operation_aborted) return done(self, ec);
     const bool cancelled = phase_ != phase::starting && ec == asio::error::operation_aborted &&
@@ -292,14 +290,14 @@ public:
         if (cancelled) {
           const auto r = st.queue.cancel(seq_);
           st.kick();
-          return finish(self, r == send_queue::cancel_result::removed ? std::error_code(asio::error::operation_aborted)
-                                                                      : std::error_code());
+          return finish(self, r == send_queue::cancel_result::removed ? error_code(asio::error::operation_aborted)
+                                                                      : error_code());
         }
         return wait(self);
       case phase::flushing:
         if (st.queue.empty()) {
           if (close_after_) {
-            std::error_code ignored;
+            error_code ignored;
             st.stream.close(ignored);
           }
           return finish(self, {});
@@ -325,7 +323,7 @@ private:
 
   // Completes, through a post when nothing asynchronous happened yet.
   template <typename Self>
-  void finish(Self& self, std::error_code ec) {
+  void finish(Self& self, error_code ec) {
     if (started_async_) return done(self, ec);
     ec_ = ec;
     phase_ = phase::completing;
@@ -333,7 +331,7 @@ private:
   }
 
   template <typename Self>
-  void done(Self& self, std::error_code ec) {
+  void done(Self& self, error_code ec) {
     auto st = std::move(st_);
     self.complete(ec);
   }
@@ -341,7 +339,7 @@ private:
   std::shared_ptr<framed_state<Stream>> st_;
   message_view payload_;
   send_queue::seq_t seq_ = 0;
-  std::error_code ec_;
+  error_code ec_;
   phase phase_ = phase::starting;
   bool flush_only_;
   bool close_after_;
@@ -353,22 +351,22 @@ private:
 // pointer (no reference count traffic per message: 15% of the message rate)
 // and share ownership only when they have to wait.
 template <bool Throw>
-using send_result = std::conditional_t<Throw, void, std::tuple<std::error_code>>;
+using send_result = std::conditional_t<Throw, void, std::tuple<error_code>>;
 
 template <bool Throw, typename Stream>
 asio::awaitable<send_result<Throw>> send_coro(framed_state<Stream>* st, message_view payload) {
-  std::error_code ec;
+  error_code ec;
   if (!st->write_error && st->has_room() && payload.size() <= st->opts.copy_threshold && !should_yield()) {
     st->queue.push_copy(payload);
     st->kick();
   } else {
-    std::tie(ec) = co_await asio::async_compose<const asio::experimental::as_tuple_t<asio::use_awaitable_t<>>&,
-                                                void(std::error_code)>(
-        send_op<Stream>(st->shared_from_this(), payload, false, false), asio::experimental::as_tuple(asio::use_awaitable),
+    std::tie(ec) = co_await asio::async_compose<const compat::as_tuple_t<asio::use_awaitable_t<>>&,
+                                                void(error_code)>(
+        send_op<Stream>(st->shared_from_this(), payload, false, false), compat::as_tuple(asio::use_awaitable),
         st->stream);
   }
   if constexpr (Throw) {
-    if (ec) throw std::system_error(ec, "coropipe::framed_stream::async_send");
+    if (ec) throw system_error(ec, "coropipe::framed_stream::async_send");
   } else {
     co_return std::tuple{ec};
   }
@@ -376,20 +374,20 @@ asio::awaitable<send_result<Throw>> send_coro(framed_state<Stream>* st, message_
 
 template <bool Throw>
 using receive_result = std::conditional_t<Throw, std::optional<message_view>,
-                                          std::tuple<std::error_code, std::optional<message_view>>>;
+                                          std::tuple<error_code, std::optional<message_view>>>;
 
 template <bool Throw, typename Stream>
 asio::awaitable<receive_result<Throw>> receive_coro(framed_state<Stream>* st) {
   std::optional<message_view> msg;
-  std::error_code ec;
+  error_code ec;
   if (st->receiving || should_yield() || !st->try_receive(msg, ec)) {
-    std::tie(ec, msg) = co_await asio::async_compose<const asio::experimental::as_tuple_t<asio::use_awaitable_t<>>&,
-                                                     void(std::error_code, std::optional<message_view>)>(
-        receive_op<Stream>(st->shared_from_this()), asio::experimental::as_tuple(asio::use_awaitable), st->stream);
+    std::tie(ec, msg) = co_await asio::async_compose<const compat::as_tuple_t<asio::use_awaitable_t<>>&,
+                                                     void(error_code, std::optional<message_view>)>(
+        receive_op<Stream>(st->shared_from_this()), compat::as_tuple(asio::use_awaitable), st->stream);
   }
   if (ec) msg.reset();
   if constexpr (Throw) {
-    if (ec) throw std::system_error(ec, "coropipe::framed_stream::async_receive");
+    if (ec) throw system_error(ec, "coropipe::framed_stream::async_receive");
     co_return msg;
   } else {
     co_return std::tuple{ec, msg};
@@ -439,7 +437,7 @@ public:
 
   /// Sends one message whose payload is @p payload.
   ///
-  /// Completion signature: `void(std::error_code)`.
+  /// Completion signature: `void(error_code)`.
   ///
   /// Small payloads are copied and the send completes once queued; larger
   /// ones must stay valid until the send completes.
@@ -451,7 +449,7 @@ public:
     } else if constexpr (detail::is_as_tuple_use_awaitable<SendToken>) {
       return detail::send_coro<false>(st_.get(), view);
     } else {
-      return asio::async_compose<SendToken, void(std::error_code)>(
+      return asio::async_compose<SendToken, void(error_code)>(
           detail::send_op<Stream>(st_, view, false, false), token, st_->stream);
     }
   }
@@ -472,7 +470,7 @@ public:
   /// Receives the next message.
   ///
   /// Completion signature:
-  /// `void(std::error_code, std::optional<coropipe::message_view>)`.
+  /// `void(error_code, std::optional<coropipe::message_view>)`.
   ///
   /// The optional is empty at a clean end of stream; the view is valid until
   /// the next receive.
@@ -483,26 +481,26 @@ public:
     } else if constexpr (detail::is_as_tuple_use_awaitable<ReceiveToken>) {
       return detail::receive_coro<false>(st_.get());
     } else {
-      return asio::async_compose<ReceiveToken, void(std::error_code, std::optional<message_view>)>(
+      return asio::async_compose<ReceiveToken, void(error_code, std::optional<message_view>)>(
           detail::receive_op<Stream>(st_), token, st_->stream);
     }
   }
 
   /// Waits until every message queued so far has been written.
   ///
-  /// Completion signature: `void(std::error_code)`.
+  /// Completion signature: `void(error_code)`.
   template <typename FlushToken = asio::default_completion_token_t<executor_type>>
   auto async_flush(FlushToken&& token = asio::default_completion_token_t<executor_type>()) {
-    return asio::async_compose<FlushToken, void(std::error_code)>(
+    return asio::async_compose<FlushToken, void(error_code)>(
         detail::send_op<Stream>(st_, {}, true, false), token, st_->stream);
   }
 
   /// Flushes, then closes the descriptor (the peer then reads end of stream).
   ///
-  /// Completion signature: `void(std::error_code)`.
+  /// Completion signature: `void(error_code)`.
   template <typename CloseToken = asio::default_completion_token_t<executor_type>>
   auto async_close(CloseToken&& token = asio::default_completion_token_t<executor_type>()) {
-    return asio::async_compose<CloseToken, void(std::error_code)>(
+    return asio::async_compose<CloseToken, void(error_code)>(
         detail::send_op<Stream>(st_, {}, true, true), token, st_->stream);
   }
 
@@ -518,7 +516,7 @@ private:
   void release() noexcept {
     if (!st_) return;
     if (st_->receiving) {
-      std::error_code ignored;
+      error_code ignored;
       st_->stream.cancel(ignored);
     }
     st_.reset();

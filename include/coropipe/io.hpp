@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// Fast byte-stream operations for descriptor-based Asio streams (pipe ends,
 /// socketpairs, TCP sockets): coropipe::async_read_some, async_write_some and
@@ -6,7 +7,7 @@
 /// They try the system call first and wait for readiness only when it would
 /// block, where Asio's own operations queue every completion through the
 /// scheduler (an extra `epoll_wait` each). With `asio::use_awaitable` or
-/// `asio::experimental::as_tuple(asio::use_awaitable)` an operation that can
+/// `compat::as_tuple(asio::use_awaitable)` an operation that can
 /// complete at once does so without suspending the coroutine at all; with any
 /// other completion token it behaves like an ordinary Asio operation (never
 /// completing inside the initiating function).
@@ -27,14 +28,7 @@
 /// (`native_non_blocking(true)`) on first use.
 #pragma once
 
-#include <asio/async_result.hpp>
-#include <asio/awaitable.hpp>
-#include <asio/buffer.hpp>
-#include <asio/compose.hpp>
-#include <asio/error.hpp>
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/post.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -65,10 +59,10 @@ namespace detail {
 
 // One read(2) on a non-blocking descriptor: bytes read, or ec set
 // (would_block, eof, or the errno in Asio's system category). EINTR retried.
-std::size_t try_read(int fd, void* data, std::size_t size, std::error_code& ec) noexcept;
+std::size_t try_read(int fd, void* data, std::size_t size, error_code& ec) noexcept;
 
 // One writev(2); EPIPE also discards the SIGPIPE it raised.
-std::size_t try_writev(int fd, const ::iovec* iov, int count, std::error_code& ec) noexcept;
+std::size_t try_writev(int fd, const ::iovec* iov, int count, error_code& ec) noexcept;
 
 // Makes sure SIGPIPE is blocked in the calling thread (cached per thread).
 void ensure_sigpipe_blocked() noexcept;
@@ -91,7 +85,7 @@ inline void note_wait() noexcept { immediate_completions = 0; }
 
 // What a read(2) that returned @p r (with errno @p err when r < 0) means:
 // bytes read, or ec set to eof, would_block or the errno.
-std::size_t read_outcome(::ssize_t r, int err, std::error_code& ec) noexcept;
+std::size_t read_outcome(::ssize_t r, int err, error_code& ec) noexcept;
 
 // One read(2) into @p b; @p err is its errno when it fails, else 0.
 inline ::ssize_t read_into(int fd, const asio::mutable_buffer& b, int& err) noexcept {
@@ -103,7 +97,7 @@ inline ::ssize_t read_into(int fd, const asio::mutable_buffer& b, int& err) noex
 template <typename Stream>
 void prepare(Stream& s) {
   if (!s.native_non_blocking()) {
-    std::error_code ec;
+    error_code ec;
     s.native_non_blocking(true, ec);
   }
 }
@@ -138,19 +132,19 @@ inline constexpr bool is_use_awaitable =
 template <typename Token>
 inline constexpr bool is_as_tuple_use_awaitable =
     std::is_same_v<std::decay_t<Token>,
-                   asio::experimental::as_tuple_t<asio::use_awaitable_t<asio::any_io_executor>>>;
+                   compat::as_tuple_t<asio::use_awaitable_t<asio::any_io_executor>>>;
 
 // --- read_some -------------------------------------------------------------
 
 // One coroutine frame per operation: Throw selects the error convention
 // (exception, or a tuple with the error code).
 template <bool Throw>
-using read_some_result = std::conditional_t<Throw, std::size_t, std::tuple<std::error_code, std::size_t>>;
+using read_some_result = std::conditional_t<Throw, std::size_t, std::tuple<error_code, std::size_t>>;
 
 template <bool Throw>
-read_some_result<Throw> read_some_value(std::error_code ec, std::size_t n) {
+read_some_result<Throw> read_some_value(error_code ec, std::size_t n) {
   if constexpr (Throw) {
-    if (ec) throw std::system_error(ec, "coropipe::async_read_some");
+    if (ec) throw system_error(ec, "coropipe::async_read_some");
     return n;
   } else {
     return {ec, n};
@@ -161,7 +155,7 @@ read_some_result<Throw> read_some_value(std::error_code ec, std::size_t n) {
 // waits for data (again and again: readiness can be spurious) or yields.
 template <bool Throw, typename Stream>
 asio::awaitable<read_some_result<Throw>> read_some_rest(Stream& s, asio::mutable_buffer b, ::ssize_t r, int err) {
-  std::error_code ec;
+  error_code ec;
   std::size_t n = 0;
   for (;;) {
     if (r < 0 && err == EINTR) {
@@ -171,7 +165,7 @@ asio::awaitable<read_some_result<Throw>> read_some_rest(Stream& s, asio::mutable
     n = read_outcome(r, err, ec);
     if (ec != asio::error::would_block) break;
     note_wait();
-    std::tie(ec) = co_await s.async_wait(Stream::wait_read, asio::experimental::as_tuple(asio::use_awaitable));
+    std::tie(ec) = co_await s.async_wait(Stream::wait_read, compat::as_tuple(asio::use_awaitable));
     if (ec) break;
     r = read_into(s.native_handle(), b, err);
     if (r > 0 && !should_yield()) co_return read_some_value<Throw>(ec, static_cast<std::size_t>(r));
@@ -184,14 +178,14 @@ asio::awaitable<read_some_result<Throw>> read_some_rest(Stream& s, asio::mutable
 // else continues in read_some_rest.
 template <bool Throw, typename Stream>
 asio::awaitable<read_some_result<Throw>> read_some_coro(Stream& s, asio::mutable_buffer b) {
-  if (b.size() == 0) co_return read_some_value<Throw>(std::error_code(), 0);
+  if (b.size() == 0) co_return read_some_value<Throw>(error_code(), 0);
   prepare(s);
   int err = 0;
   const ::ssize_t r = read_into(s.native_handle(), b, err);
   if (r > 0 && !should_yield()) [[likely]] {
-    // No std::error_code on this path: making one calls into libstdc++.
+    // No error_code on this path: making one calls into libstdc++.
     if constexpr (Throw) co_return static_cast<std::size_t>(r);
-    else co_return read_some_result<false>{std::error_code(), static_cast<std::size_t>(r)};
+    else co_return read_some_result<false>{error_code(), static_cast<std::size_t>(r)};
   }
   co_return co_await read_some_rest<Throw>(s, b, r, err);
 }
@@ -200,17 +194,17 @@ template <typename Stream>
 struct read_some_op {
   Stream& s;
   asio::mutable_buffer b;
-  std::error_code result_ec{};
+  error_code result_ec{};
   std::size_t result_n = 0;
   bool posted = false;
 
   template <typename Self>
-  void operator()(Self& self, std::error_code ec = {}) {
+  void operator()(Self& self, error_code ec = {}) {
     if (posted) return self.complete(result_ec, result_n);
     if (ec) return self.complete(ec, std::size_t{0});
     prepare(s);
     if (b.size() != 0) {
-      std::error_code rec;
+      error_code rec;
       const std::size_t n = try_read(s.native_handle(), b.data(), b.size(), rec);
       if (rec == asio::error::would_block) {
         note_wait();
@@ -228,11 +222,11 @@ struct read_some_op {
 // --- write -----------------------------------------------------------------
 
 template <typename Stream, typename ConstBufferSequence>
-std::tuple<std::error_code, std::size_t> write_now(Stream& s, const ConstBufferSequence& buffers, std::size_t skip) {
+std::tuple<error_code, std::size_t> write_now(Stream& s, const ConstBufferSequence& buffers, std::size_t skip) {
   ::iovec iov[max_iovecs];
   const int n = to_iovecs(buffers, skip, iov, max_iovecs);
-  if (n == 0) return {std::error_code(), 0};
-  std::error_code ec;
+  if (n == 0) return {error_code(), 0};
+  error_code ec;
   const std::size_t written = try_writev(s.native_handle(), iov, n, ec);
   return {ec, written};
 }
@@ -244,12 +238,12 @@ asio::awaitable<read_some_result<Throw>> write_coro(Stream& s, ConstBufferSequen
   prepare(s);
   const std::size_t total = asio::buffer_size(buffers);
   std::size_t done = 0;
-  std::error_code ec;
+  error_code ec;
   while (done < total) {
     auto [wec, n] = write_now(s, buffers, done);
     if (wec == asio::error::would_block) {
       note_wait();
-      std::tie(ec) = co_await s.async_wait(Stream::wait_write, asio::experimental::as_tuple(asio::use_awaitable));
+      std::tie(ec) = co_await s.async_wait(Stream::wait_write, compat::as_tuple(asio::use_awaitable));
       if (ec) break;
       continue;
     }
@@ -259,7 +253,7 @@ asio::awaitable<read_some_result<Throw>> write_coro(Stream& s, ConstBufferSequen
   }
   if (!ec && should_yield()) co_await asio::post(s.get_executor(), asio::use_awaitable);
   if constexpr (Throw) {
-    if (ec) throw std::system_error(ec, all ? "coropipe::async_write" : "coropipe::async_write_some");
+    if (ec) throw system_error(ec, all ? "coropipe::async_write" : "coropipe::async_write_some");
     co_return done;
   } else {
     co_return std::tuple{ec, done};
@@ -272,12 +266,12 @@ struct write_op {
   ConstBufferSequence buffers;
   bool all;
   std::size_t done = 0;
-  std::error_code result_ec{};
+  error_code result_ec{};
   bool posted = false;
   bool waited = false;
 
   template <typename Self>
-  void operator()(Self& self, std::error_code ec = {}) {
+  void operator()(Self& self, error_code ec = {}) {
     if (posted) return self.complete(result_ec, done);
     if (ec) return self.complete(ec, done);
     if (!waited) {
@@ -311,7 +305,7 @@ struct write_op {
 /// Reads some bytes from @p s into @p buffer: at least one, unless the buffer
 /// is empty; at most what one read(2) returns.
 ///
-/// Completion signature: `void(std::error_code, std::size_t)`.
+/// Completion signature: `void(error_code, std::size_t)`.
 ///
 /// At the end of the stream completes with `asio::error::eof` (and 0), as
 /// Asio's own async_read_some does. Cancellation (per-operation, terminal)
@@ -323,14 +317,14 @@ auto async_read_some(Stream& s, const asio::mutable_buffer& buffer, ReadToken&& 
   } else if constexpr (detail::is_as_tuple_use_awaitable<ReadToken>) {
     return detail::read_some_coro<false>(s, buffer);
   } else {
-    return asio::async_compose<ReadToken, void(std::error_code, std::size_t)>(
+    return asio::async_compose<ReadToken, void(error_code, std::size_t)>(
         detail::read_some_op<Stream>{s, buffer}, token, s);
   }
 }
 
 /// Writes all of @p buffers to @p s, with writev(2) for several buffers.
 ///
-/// Completion signature: `void(std::error_code, std::size_t)` (bytes written).
+/// Completion signature: `void(error_code, std::size_t)` (bytes written).
 ///
 /// A reader that is gone gives `asio::error::broken_pipe`, never SIGPIPE.
 /// Cancellation applies while waiting for room; the bytes written so far are
@@ -344,7 +338,7 @@ auto async_write(Stream& s, const ConstBufferSequence& buffers, WriteToken&& tok
   } else if constexpr (detail::is_as_tuple_use_awaitable<WriteToken>) {
     return detail::write_coro<false>(s, buffers, true);
   } else {
-    return asio::async_compose<WriteToken, void(std::error_code, std::size_t)>(
+    return asio::async_compose<WriteToken, void(error_code, std::size_t)>(
         detail::write_op<Stream, ConstBufferSequence>{s, buffers, true}, token, s);
   }
 }
@@ -352,7 +346,7 @@ auto async_write(Stream& s, const ConstBufferSequence& buffers, WriteToken&& tok
 /// Writes some of @p buffers to @p s: at least one byte unless they are empty,
 /// at most what one writev(2) takes.
 ///
-/// Completion signature: `void(std::error_code, std::size_t)`.
+/// Completion signature: `void(error_code, std::size_t)`.
 template <descriptor_stream Stream, typename ConstBufferSequence, typename WriteToken>
   requires asio::is_const_buffer_sequence<ConstBufferSequence>::value
 auto async_write_some(Stream& s, const ConstBufferSequence& buffers, WriteToken&& token) {
@@ -361,7 +355,7 @@ auto async_write_some(Stream& s, const ConstBufferSequence& buffers, WriteToken&
   } else if constexpr (detail::is_as_tuple_use_awaitable<WriteToken>) {
     return detail::write_coro<false>(s, buffers, false);
   } else {
-    return asio::async_compose<WriteToken, void(std::error_code, std::size_t)>(
+    return asio::async_compose<WriteToken, void(error_code, std::size_t)>(
         detail::write_op<Stream, ConstBufferSequence>{s, buffers, false}, token, s);
   }
 }

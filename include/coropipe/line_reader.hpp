@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// coropipe::line_reader: read a stream line by line, each line as soon as it
 /// has arrived (`tail -f` style), with a bound on the length of a line.
@@ -11,12 +12,7 @@
 
 #include <coropipe/error.hpp>
 
-#include <asio/async_result.hpp>
-#include <asio/buffer.hpp>
-#include <asio/cancellation_type.hpp>
-#include <asio/compose.hpp>
-#include <asio/error.hpp>
-#include <asio/post.hpp>
+#include <coropipe/asio.hpp>
 
 #include <cstddef>
 #include <optional>
@@ -38,7 +34,7 @@ public:
   explicit read_line_op(Reader& r) noexcept : r_(&r) {}
 
   template <typename Self>
-  void operator()(Self& self, std::error_code ec = {}, std::size_t n = 0) {
+  void operator()(Self& self, error_code ec = {}, std::size_t n = 0) {
     switch (phase_) {
     case phase::starting:
       if (r_->take(ec_, line_)) {
@@ -89,7 +85,7 @@ private:
   }
 
   Reader* r_;
-  std::error_code ec_;
+  error_code ec_;
   std::optional<std::string> line_;
   phase phase_ = phase::starting;
 };
@@ -136,7 +132,7 @@ public:
 
   /// Reads the next line.
   ///
-  /// Completion signature: `void(std::error_code, std::optional<std::string>)`.
+  /// Completion signature: `void(error_code, std::optional<std::string>)`.
   ///
   /// Completes with the line, or with `std::nullopt` and no error at the end
   /// of the stream (an ordinary outcome). A line longer than max_line() gives
@@ -149,7 +145,7 @@ public:
   /// is lost, and reading can go on.
   template <typename ReadToken = asio::default_completion_token_t<executor_type>>
   auto async_read_line(ReadToken&& token = asio::default_completion_token_t<executor_type>()) {
-    return asio::async_compose<ReadToken, void(std::error_code, std::optional<std::string>)>(
+    return asio::async_compose<ReadToken, void(error_code, std::optional<std::string>)>(
         detail::read_line_op<line_reader>(*this), token, stream_);
   }
 
@@ -160,7 +156,7 @@ private:
 
   // Produces what the buffered bytes give: a line, the end, or an error.
   // False when more bytes are needed.
-  bool take(std::error_code& ec, std::optional<std::string>& line) {
+  bool take(error_code& ec, std::optional<std::string>& line) {
     ec.clear();
     line.reset();
     if (skipping_) {

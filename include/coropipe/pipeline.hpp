@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// Pipelines: `a | b | c`, each program's stdout connected to the next one's
 /// stdin by a pipe of their own (the bytes never pass through the parent),
@@ -26,9 +27,7 @@
 #include <coropipe/exit_status.hpp>
 #include <coropipe/spawn.hpp>
 
-#include <asio/any_io_executor.hpp>
-#include <asio/async_result.hpp>
-#include <asio/awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <sys/types.h>
 
@@ -76,9 +75,9 @@ struct pipeline_status {
 };
 
 namespace detail {
-asio::awaitable<std::tuple<std::error_code, pipeline_status>> wait_pipeline(
+asio::awaitable<std::tuple<error_code, pipeline_status>> wait_pipeline(
     std::vector<std::shared_ptr<child_state>> states);
-asio::awaitable<std::tuple<std::error_code, pipeline_status>> stop_pipeline(
+asio::awaitable<std::tuple<error_code, pipeline_status>> stop_pipeline(
     std::vector<std::shared_ptr<child_state>> states, pid_t pgid,
     std::chrono::steady_clock::duration grace, int signo);
 struct pipeline_access;
@@ -120,14 +119,14 @@ public:
   [[nodiscard]] executor_type get_executor() const;
 
   /// Sends @p signo to every stage not reaped yet.
-  /// @throws std::system_error naming "kill"; `errc::no_child` when empty.
+  /// @throws system_error naming "kill"; `errc::no_child` when empty.
   void signal(int signo);
   /// As signal(), reporting the first error in @p ec.
-  void signal(int signo, std::error_code& ec) noexcept;
+  void signal(int signo, error_code& ec) noexcept;
 
   /// Waits for every stage to end, and reaps them all.
   ///
-  /// Completion signature: `void(std::error_code, coropipe::pipeline_status)`.
+  /// Completion signature: `void(error_code, coropipe::pipeline_status)`.
   ///
   /// Waiting does not depend on the pipes (see process). Supports
   /// per-operation cancellation: a cancelled wait completes with
@@ -144,7 +143,7 @@ public:
   /// running after @p grace; once all have ended, SIGKILL to what is left of
   /// the process group.
   ///
-  /// Completion signature: `void(std::error_code, coropipe::pipeline_status)`.
+  /// Completion signature: `void(error_code, coropipe::pipeline_status)`.
   ///
   /// Cancelling it completes it with `asio::error::operation_aborted`; the
   /// first signal has been sent.
@@ -173,7 +172,7 @@ private:
 
 namespace detail {
 // On failure sets @p ec, and @p what to "stage <i> (<argv[0]>): <step>".
-pipeline spawn_pipeline(const asio::any_io_executor& ex, pipeline_options& opts, std::error_code& ec,
+pipeline spawn_pipeline(const asio::any_io_executor& ex, pipeline_options& opts, error_code& ec,
                         std::string& what);
 } // namespace detail
 
@@ -181,14 +180,14 @@ pipeline spawn_pipeline(const asio::any_io_executor& ex, pipeline_options& opts,
 ///
 /// @param where  an executor or execution context (e.g. `asio::io_context&`).
 /// @param opts   the stages (see pipeline_options).
-/// @throws std::system_error whose what() names the stage and the step, as
+/// @throws system_error whose what() names the stage and the step, as
 /// spawn() does: `coropipe::spawn: stage 1 (sortx): execve sortx: No such
 /// file or directory`. The stages already started are killed and reaped.
 /// `errc::invalid_argument` for a pipeline without stages, or with a stdin
 /// or stdout set where the pipeline connects two stages.
 template <detail::executor_or_context Where>
 [[nodiscard]] pipeline spawn(Where&& where, pipeline_options opts) {
-  std::error_code ec;
+  error_code ec;
   std::string what;
   pipeline p = detail::spawn_pipeline(detail::executor_of(where), opts, ec, what);
   if (ec) detail::throw_error(ec, "coropipe::spawn", what.c_str());
@@ -197,7 +196,7 @@ template <detail::executor_or_context Where>
 
 /// As above, reporting the error in @p ec; the pipeline is then empty.
 template <detail::executor_or_context Where>
-[[nodiscard]] pipeline spawn(Where&& where, pipeline_options opts, std::error_code& ec) {
+[[nodiscard]] pipeline spawn(Where&& where, pipeline_options opts, error_code& ec) {
   std::string what;
   return detail::spawn_pipeline(detail::executor_of(where), opts, ec, what);
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// How coropipe keeps SIGPIPE from killing your process.
 ///

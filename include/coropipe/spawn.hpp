@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// spawn(): start a program from an argv (never through a shell), with its
 /// standard streams inherited, on `/dev/null`, on pipes, or on descriptors you
@@ -48,7 +49,7 @@
 /// ### Failures are errors, not exit status 127
 /// When a step fails, the child records the step and errno in memory it
 /// shares with the parent, and exits; spawn() reaps it and reports a
-/// `std::system_error` with the errno (`std::system_category()`) whose what()
+/// `system_error` with the errno (`coropipe::system_category()`) whose what()
 /// names the step: `coropipe::spawn: chdir /nonexistent: No such file or
 /// directory`, `coropipe::spawn: execve ./data.txt: Permission denied`.
 /// Arguments that can never work (an empty argv, a NUL byte inside an
@@ -60,14 +61,7 @@
 #include <coropipe/error.hpp>
 #include <coropipe/unique_fd.hpp>
 
-#include <asio/any_io_executor.hpp>
-#include <asio/associated_allocator.hpp>
-#include <asio/associated_cancellation_slot.hpp>
-#include <asio/associated_executor.hpp>
-#include <asio/async_result.hpp>
-#include <asio/awaitable.hpp>
-#include <asio/co_spawn.hpp>
-#include <asio/posix/stream_descriptor.hpp>
+#include <coropipe/asio.hpp>
 
 #include <sys/types.h>
 
@@ -242,7 +236,7 @@ struct environment_access {
 };
 
 // Runs a coroutine that reports (error_code, T) as an asynchronous operation
-// with the completion signature void(std::error_code, T): co_spawn()ed on
+// with the completion signature void(error_code, T): co_spawn()ed on
 // @p ex, forwarding the handler's cancellation slot (per-operation
 // cancellation reaches the coroutine), executor and allocator.
 template <typename Handler, typename T>
@@ -259,7 +253,7 @@ public:
   using allocator_type = asio::associated_allocator_t<Handler>;
   allocator_type get_allocator() const noexcept { return asio::get_associated_allocator(handler_); }
 
-  void operator()(std::exception_ptr e, std::tuple<std::error_code, T> r) {
+  void operator()(std::exception_ptr e, std::tuple<error_code, T> r) {
     // The coroutines report errors as values; what escapes is a bug or
     // std::bad_alloc, and leaves the io_context's run(), as from a handler.
     if (e) std::rethrow_exception(e);
@@ -272,11 +266,11 @@ private:
 };
 
 template <typename T, typename Token>
-auto async_run(asio::any_io_executor ex, asio::awaitable<std::tuple<std::error_code, T>> op,
+auto async_run(asio::any_io_executor ex, asio::awaitable<std::tuple<error_code, T>> op,
                Token&& token) {
-  return asio::async_initiate<Token, void(std::error_code, T)>(
+  return asio::async_initiate<Token, void(error_code, T)>(
       [](auto handler, asio::any_io_executor on,
-         asio::awaitable<std::tuple<std::error_code, T>> body) {
+         asio::awaitable<std::tuple<error_code, T>> body) {
         using handler_type = decltype(handler);
         asio::co_spawn(on, std::move(body), run_handler<handler_type, T>(std::move(handler), on));
       },
@@ -288,25 +282,25 @@ auto async_run(asio::any_io_executor ex, asio::awaitable<std::tuple<std::error_c
 // after @p grace; once every program has ended, SIGKILL to the group (its
 // leader, the first state when it leads it, is still unreaped then, so its id
 // cannot have been reused), and every program is reaped.
-asio::awaitable<std::tuple<std::error_code, std::vector<exit_status>>> stop_programs(
+asio::awaitable<std::tuple<error_code, std::vector<exit_status>>> stop_programs(
     std::vector<std::shared_ptr<child_state>> states, pid_t pgid,
     std::chrono::steady_clock::duration grace, int signo);
 
 // Waits for the programs of @p states, last first, and reaps them.
-asio::awaitable<std::tuple<std::error_code, std::vector<exit_status>>> wait_programs(
+asio::awaitable<std::tuple<error_code, std::vector<exit_status>>> wait_programs(
     std::vector<std::shared_ptr<child_state>> states);
 
-asio::awaitable<std::tuple<std::error_code, exit_status>> stop_group(
+asio::awaitable<std::tuple<error_code, exit_status>> stop_group(
     std::shared_ptr<child_state> state, pid_t pgid, std::chrono::steady_clock::duration grace,
     int signo);
 
 // Sends @p signo to process group @p pgid unless the program of @p st has been
 // reaped (its group's id could then belong to someone else).
 void signal_group(const std::shared_ptr<child_state>& st, pid_t pgid, int signo,
-                  std::error_code& ec) noexcept;
+                  error_code& ec) noexcept;
 
 // On failure sets @p ec, and @p what to the failing step ("chdir /x").
-process spawn_impl(const asio::any_io_executor& ex, spawn_options& opts, std::error_code& ec,
+process spawn_impl(const asio::any_io_executor& ex, spawn_options& opts, error_code& ec,
                    std::string& what);
 
 } // namespace detail
@@ -350,11 +344,11 @@ public:
   /// Sends @p signo to the program's whole process group (kill(-pgid)).
   /// Nothing is sent once the program has been reaped: the group's id could
   /// belong to someone else by then.
-  /// @throws std::system_error naming "kill": `errc::invalid_argument` when
+  /// @throws system_error naming "kill": `errc::invalid_argument` when
   /// process_group() is 0 (signalling the parent's own group is refused).
   void signal_group(int signo);
   /// As signal_group(), reporting the error in @p ec.
-  void signal_group(int signo, std::error_code& ec) noexcept;
+  void signal_group(int signo, error_code& ec) noexcept;
 
   /// Stops the program's whole process group and reaps the program: sends
   /// @p signo to the group, waits until the program has ended or @p grace has
@@ -363,7 +357,7 @@ public:
   /// program. Grandchildren in the group are killed, but not reaped here:
   /// they are their own parents' to reap.
   ///
-  /// Completion signature: `void(std::error_code, coropipe::exit_status)`.
+  /// Completion signature: `void(error_code, coropipe::exit_status)`.
   ///
   /// `errc::invalid_argument` when process_group() is 0, `errc::no_child`
   /// for an empty process. Cancelling the operation (per-operation
@@ -413,7 +407,7 @@ struct process_access {
 /// @param where  an executor or execution context (e.g. `asio::io_context&`).
 /// @param opts   the program, its arguments and how to start it; descriptors
 ///               in it are closed in the parent when spawn() returns.
-/// @throws std::system_error whose what() names the failing step:
+/// @throws system_error whose what() names the failing step:
 /// `errc::invalid_argument` for options that can never work ("argv is
 /// empty", "argv[1] contains a NUL byte", "stdio::to_stdout() is for stderr
 /// only", ...), or the errno of the step that failed: "allocating", "mmap"
@@ -426,7 +420,7 @@ struct process_access {
 /// is neither a binary nor a script with `#!`).
 template <detail::executor_or_context Where>
 [[nodiscard]] process spawn(Where&& where, spawn_options opts) {
-  std::error_code ec;
+  error_code ec;
   std::string what;
   process p = detail::spawn_impl(detail::executor_of(where), opts, ec, what);
   if (ec) detail::throw_error(ec, "coropipe::spawn", what.c_str());
@@ -436,7 +430,7 @@ template <detail::executor_or_context Where>
 /// As above, reporting the error in @p ec (the step is not reported: use the
 /// throwing form to have it named); the process is then empty.
 template <detail::executor_or_context Where>
-[[nodiscard]] process spawn(Where&& where, spawn_options opts, std::error_code& ec) {
+[[nodiscard]] process spawn(Where&& where, spawn_options opts, error_code& ec) {
   std::string what;
   return detail::spawn_impl(detail::executor_of(where), opts, ec, what);
 }

@@ -1,6 +1,9 @@
+// SPDX-License-Identifier: BSL-1.0
 /// @file
 /// coropipe::unique_fd, the move-only owner of a file descriptor.
 #pragma once
+
+#include <coropipe/error.hpp>
 
 #include <system_error>
 #include <utility>
@@ -51,16 +54,16 @@ public:
   /// Closes the held descriptor now and reports close()'s error.
   /// On Linux the descriptor is released even when close() fails, so the
   /// owner is empty afterwards either way.
-  /// @throws std::system_error naming "close".
+  /// @throws system_error naming "close".
   void close();
   /// As close(), reporting the error in @p ec.
-  void close(std::error_code& ec) noexcept;
+  void close(error_code& ec) noexcept;
 
   /// A second descriptor for the same open file (fcntl F_DUPFD_CLOEXEC).
-  /// @throws std::system_error naming "fcntl(F_DUPFD_CLOEXEC)".
+  /// @throws system_error naming "fcntl(F_DUPFD_CLOEXEC)".
   [[nodiscard]] unique_fd duplicate() const;
   /// As duplicate(), reporting the error in @p ec (the result is then empty).
-  [[nodiscard]] unique_fd duplicate(std::error_code& ec) const noexcept;
+  [[nodiscard]] unique_fd duplicate(error_code& ec) const noexcept;
 
   friend void swap(unique_fd& a, unique_fd& b) noexcept { std::swap(a.fd_, b.fd_); }
 

@@ -1,12 +1,9 @@
+// SPDX-License-Identifier: BSL-1.0
 // A program outside coropipe's tree: forks a coroutine child that writes
 // through a pipe, reads it, and checks the child's exit status.
 #include <coropipe/coropipe.hpp>
 
-#include <asio/co_spawn.hpp>
-#include <asio/io_context.hpp>
-#include <asio/read.hpp>
-#include <asio/use_awaitable.hpp>
-#include <asio/write.hpp>
+#include <coropipe/asio.hpp>
 
 #include <cstdio>
 #include <string>

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSL-1.0
 # cmake -DMODE=package|subdirectory -DSOURCE_DIR=<coropipe> -DBUILD_DIR=<coropipe build>
 #       -DWORK_DIR=<scratch> -DCXX=<compiler> [-DSANITIZE=<list>] -P run_consumer.cmake
 # Installs coropipe from BUILD_DIR (package mode), then configures, builds and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Stress: backpressure. A writer pushes G bytes (64 MiB small, 1 GiB large)
 // through framed_stream::async_send and through raw coropipe::async_write to a
 // forked child that reads slowly (it pauses every 256 KiB). The writer's
@@ -16,10 +17,7 @@
 #include "stress.hpp"
 #include "support.hpp"
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/io_context.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -46,7 +44,7 @@ using coropipe_test::seconds_since;
 
 namespace {
 
-constexpr auto as_tuple = asio::experimental::as_tuple(use_awaitable);
+constexpr auto as_tuple = coropipe::compat::as_tuple(use_awaitable);
 constexpr std::uint32_t seed = 3;
 constexpr std::uint64_t pause_every = 256 << 10;
 constexpr std::int64_t growth_bound = 16 << 20;

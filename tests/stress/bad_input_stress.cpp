@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Stress: bad input at every public entry point. Invalid descriptors (-1,
 // huge numbers, a closed one, a file that cannot be polled), empty and
 // impossibly large buffers, malformed frames, a channel read as the wrong
@@ -21,10 +22,7 @@
 #include "stress.hpp"
 #include "support.hpp"
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/io_context.hpp>
-#include <asio/posix/stream_descriptor.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -53,7 +51,7 @@ using coropipe_test::run;
 
 namespace {
 
-constexpr auto as_tuple = asio::experimental::as_tuple(use_awaitable);
+constexpr auto as_tuple = coropipe::compat::as_tuple(use_awaitable);
 
 // A descriptor number that is certainly not open: one that was open a moment
 // ago, far above the numbers in use (so nothing reuses it meanwhile).
@@ -70,21 +68,21 @@ std::vector<int> bad_fds(std::mt19937& rng) {
 }
 
 // EFAULT as Asio reports it (its own system category).
-bool is_efault(const std::error_code& ec) {
+bool is_efault(const coropipe::error_code& ec) {
   return ec.value() == EFAULT && ec.category() == asio::error::get_system_category();
 }
 
-bool names(const std::system_error& e, const char* what) { return std::strstr(e.what(), what) != nullptr; }
+bool names(const coropipe::system_error& e, const char* what) { return std::strstr(e.what(), what) != nullptr; }
 
 template <typename F>
-std::system_error error_of(const char* call, F&& f) {
+coropipe::system_error error_of(const char* call, F&& f) {
   try {
     f();
-  } catch (const std::system_error& e) {
+  } catch (const coropipe::system_error& e) {
     return e;
   }
   FAIL(call << ": no error reported");
-  return std::system_error(std::error_code());
+  return coropipe::system_error(coropipe::error_code());
 }
 
 // The process still works: a round trip through a pipe on @p io.
@@ -119,7 +117,7 @@ void bad_descriptors(asio::io_context& io, std::mt19937& rng) {
     {
       unique_fd u(fd);
       CHECK(u.valid() == (fd >= 0));
-      std::error_code ec;
+      coropipe::error_code ec;
       (void)u.duplicate(ec);
       CHECK(ec == std::errc::bad_file_descriptor);
       auto e = error_of("duplicate", [&] { (void)u.duplicate(); });
@@ -134,7 +132,7 @@ void bad_descriptors(asio::io_context& io, std::mt19937& rng) {
       auto e = error_of("attach", [&] { (void)coropipe::attach(io, unique_fd(fd)); });
       CHECK(e.code() == std::errc::bad_file_descriptor);
       CHECK(names(e, "coropipe::attach"));
-      std::error_code ec;
+      coropipe::error_code ec;
       auto s = coropipe::attach(io, unique_fd(fd), ec);
       CHECK(ec == std::errc::bad_file_descriptor);
       CHECK(!s.is_open());
@@ -316,7 +314,7 @@ void odd_buffers(asio::io_context& io) {
       // bytes: too large, refused before any allocation. If none did (Linux
       // 6.18 refuses the whole writev), the stream simply ended.
       auto [re, rv] = co_await chr.async_receive(as_tuple);
-      const std::error_code rec = re;
+      const coropipe::error_code rec = re;
       CHECK_MESSAGE((!rec || rec == errc::message_too_large), rec.message());
       CHECK(!rv);
     }(), 10s);
@@ -341,13 +339,13 @@ std::string be64(std::uint64_t v) {
 // Writes @p bytes into a pipe, closes it, and receives from it through a
 // framed_stream (or a channel<std::string>) with @p max_size; returns the
 // payloads received and the error that ended it (none at a clean end).
-std::error_code receive_raw(asio::io_context& io, const std::string& bytes, std::size_t max_size, bool as_channel,
+coropipe::error_code receive_raw(asio::io_context& io, const std::string& bytes, std::size_t max_size, bool as_channel,
                             std::vector<std::string>& got) {
   auto ends = coropipe::pipe();
   auto ws = coropipe::attach(io, std::move(ends.write_end));
   coropipe::channel<std::string> ch(coropipe::attach(io, std::move(ends.read_end)),
                                     coropipe::framed_options{.max_message_size = max_size});
-  std::error_code result;
+  coropipe::error_code result;
   coropipe_test::run_all(
       io,
       [&]() -> awaitable<void> {
@@ -387,7 +385,7 @@ void malformed_frames(asio::io_context& io, bool as_channel) {
   struct frame_case {
     const char* what;
     std::string bytes;
-    std::error_code expected;
+    coropipe::error_code expected;
     std::size_t messages;
   };
   const std::vector<frame_case> cases = {
@@ -404,7 +402,7 @@ void malformed_frames(asio::io_context& io, bool as_channel) {
   for (const auto& c : cases) {
     INFO(c.what << (as_channel ? " (channel)" : " (framed_stream)"));
     std::vector<std::string> got;
-    const std::error_code ec = receive_raw(io, c.bytes, 1000, as_channel, got);
+    const coropipe::error_code ec = receive_raw(io, c.bytes, 1000, as_channel, got);
     CHECK(ec == c.expected);
     CHECK(got.size() == c.messages);
     works(io);
@@ -434,7 +432,7 @@ int random_frames(asio::io_context& io, std::mt19937& rng) {
     }
   }
   std::vector<std::string> got;
-  const std::error_code ec = receive_raw(io, bytes, 4096, rng() % 2 == 0, got);
+  const coropipe::error_code ec = receive_raw(io, bytes, 4096, rng() % 2 == 0, got);
   CHECK((!ec || ec == errc::malformed_frame || ec == errc::message_too_large || ec == errc::truncated_message));
   for (const auto& m : got) CHECK(m.size() <= 4096);
   return ec ? 1 : 0;
@@ -481,7 +479,7 @@ void bad_spawn_options(asio::io_context& io, std::mt19937& rng) {
   struct spawn_case {
     const char* what;
     std::function<coropipe::spawn_options()> options;
-    std::error_code expected;
+    coropipe::error_code expected;
     const char* named;
   };
   const std::vector<spawn_case> cases = {
@@ -527,12 +525,12 @@ void bad_spawn_options(asio::io_context& io, std::mt19937& rng) {
       {"a NUL in cwd", [] { return coropipe::spawn_options{.argv = {"/bin/true"}, .cwd = "/tm\0p"s}; },
        errc::invalid_argument, "cwd contains a NUL byte"},
       {"a missing cwd", [] { return coropipe::spawn_options{.argv = {"/bin/true"}, .cwd = "/nonexistent/dir"}; },
-       std::error_code(ENOENT, std::system_category()), "chdir /nonexistent/dir"},
+       coropipe::error_code(ENOENT, coropipe::system_category()), "chdir /nonexistent/dir"},
       {"a program found nowhere",
        [] { return coropipe::spawn_options{.argv = {"coropipe-no-such-program-xyz"}}; },
-       std::error_code(ENOENT, std::system_category()), "execve"},
+       coropipe::error_code(ENOENT, coropipe::system_category()), "execve"},
       {"a program that is a directory", [] { return coropipe::spawn_options{.argv = {"/tmp"}}; },
-       std::error_code(EACCES, std::system_category()), "execve /tmp"},
+       coropipe::error_code(EACCES, coropipe::system_category()), "execve /tmp"},
       {"to_stdout() for stdout",
        [] { return coropipe::spawn_options{.argv = {"/bin/true"}, .out = coropipe::stdio::to_stdout()}; },
        errc::invalid_argument, "stdio::to_stdout() is for stderr only"},
@@ -568,7 +566,7 @@ void bad_spawn_options(asio::io_context& io, std::mt19937& rng) {
     CHECK(e.code() == c.expected);
     CHECK(names(e, c.named));
     CHECK(names(e, "coropipe::spawn"));
-    std::error_code ec;
+    coropipe::error_code ec;
     coropipe::process p = coropipe::spawn(io, c.options(), ec);
     CHECK(ec == c.expected);
     CHECK(!p.valid());

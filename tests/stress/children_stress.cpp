@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Stress: many children at once. Forked children stream pseudo-random bytes
 // or framed messages to the parent, and spawned `cat`s round-trip bytes, all
 // concurrently on one io_context; every byte, message and exit status is
@@ -16,7 +17,7 @@
 #include "stress.hpp"
 #include "stress_streams.hpp"
 
-#include <asio/io_context.hpp>
+#include <coropipe/asio.hpp>
 
 #include <chrono>
 #include <cstdint>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Stress: interrupted system calls. A SIGALRM handler installed without
 // SA_RESTART fires every 100 microseconds (setitimer ITIMER_REAL) while bytes
 // and frames travel through pipes to and from forked children, programs are
@@ -20,10 +21,7 @@
 #include "stress.hpp"
 #include "support.hpp"
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/io_context.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <poll.h>
 #include <signal.h>
@@ -51,7 +49,7 @@ using coropipe_test::seconds_since;
 
 namespace {
 
-constexpr auto as_tuple = asio::experimental::as_tuple(use_awaitable);
+constexpr auto as_tuple = coropipe::compat::as_tuple(use_awaitable);
 
 std::atomic<unsigned long> alarms{0};
 
@@ -170,7 +168,7 @@ TEST_CASE("EINTR storm: byte transfers through pipes to and from forked children
               for (;;) {
                 auto [ec, n] = co_await coropipe::async_read_some(r, asio::buffer(buf), as_tuple);
                 if (ec == asio::error::eof) break;
-                if (ec) throw std::system_error(ec, "read");
+                if (ec) throw coropipe::system_error(ec, "read");
                 intact = intact && matches_pattern(buf.data(), n, received, seed);
                 received += n;
               }

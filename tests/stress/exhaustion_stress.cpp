@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Stress: resource exhaustion. With RLIMIT_NOFILE lowered, every call that
 // creates descriptors fails with EMFILE, named, and leaks nothing; with
 // RLIMIT_NPROC at zero (in a child that gave up root, for which the limit is
@@ -15,9 +16,7 @@
 #include "stress.hpp"
 #include "support.hpp"
 
-#include <asio/error.hpp>
-#include <asio/io_context.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <grp.h>
 #include <sys/resource.h>
@@ -42,7 +41,7 @@ using coropipe_test::scoped_rlimit;
 
 namespace {
 
-bool names(const std::system_error& e, const char* call) { return std::strstr(e.what(), call) != nullptr; }
+bool names(const coropipe::system_error& e, const char* call) { return std::strstr(e.what(), call) != nullptr; }
 
 // One round trip through every facility, with nothing exhausted.
 void everything_works(asio::io_context& io) {
@@ -62,7 +61,7 @@ void everything_works(asio::io_context& io) {
     std::size_t got = 0;
     for (;;) {
       auto [ec, n] = co_await coropipe::async_read_some(rs, asio::buffer(buf + got, sizeof buf - got),
-                                                       asio::experimental::as_tuple(use_awaitable));
+                                                       coropipe::compat::as_tuple(use_awaitable));
       got += n;
       if (ec) break;
     }
@@ -81,9 +80,9 @@ void everything_works(asio::io_context& io) {
 // paths taken under the limit build messages through the error categories
 // (coropipe's errors and Asio's), so their pairs are put in the cache first.
 void ubsan_warm_up() {
-  (void)std::error_code(EMFILE, std::system_category()).message();
-  (void)std::error_code(EMFILE, asio::error::get_system_category()).message();
-  (void)std::system_error(std::error_code(EMFILE, std::system_category()), "warm-up").what();
+  (void)coropipe::error_code(EMFILE, coropipe::system_category()).message();
+  (void)coropipe::error_code(EMFILE, asio::error::get_system_category()).message();
+  (void)coropipe::system_error(coropipe::error_code(EMFILE, coropipe::system_category()), "warm-up").what();
 }
 
 struct outcome {
@@ -91,7 +90,7 @@ struct outcome {
   const char* named = nullptr;
   bool thrown = false;
   std::exception_ptr ep;
-  std::error_code code;
+  coropipe::error_code code;
   std::string what;
 
   // Fills code and what from the exception (once descriptors are available).
@@ -99,16 +98,16 @@ struct outcome {
     if (!ep) return;
     try {
       std::rethrow_exception(ep);
-    } catch (const std::system_error& e) {
+    } catch (const coropipe::system_error& e) {
       code = e.code();
       what = e.what();
     } catch (...) {
-      what = "not a std::system_error";
+      what = "not a coropipe::system_error";
     }
   }
 };
 
-// Runs @p f, which should throw std::system_error; records what it threw
+// Runs @p f, which should throw coropipe::system_error; records what it threw
 // without any virtual call (see the EMFILE test). The exception is inspected
 // later by rethrowing it.
 template <typename F>
@@ -144,7 +143,7 @@ TEST_CASE("EMFILE: pipe, duplex_pair, attach, fork_child and spawn fail cleanly 
     // doctest assertion, a virtual call that UBSan's vptr check validates
     // with a pipe) needs descriptors too.
     std::vector<outcome> outcomes;
-    std::error_code pipe_ec, spawn_ec;
+    coropipe::error_code pipe_ec, spawn_ec;
     bool pipe_ends_empty = false, spawn_empty = false;
     {
       auto spare = coropipe::pipe();  // for duplicate()
@@ -235,7 +234,7 @@ int nproc_cycles(int cycles, int report) {
       try {
         (void)coropipe::fork_child(io, [](child_context&) -> awaitable<int> { co_return 0; });
         return fail("fork_child succeeded under RLIMIT_NPROC 0");
-      } catch (const std::system_error& e) {
+      } catch (const coropipe::system_error& e) {
         ++step;
         if (e.code() != std::errc::resource_unavailable_try_again) return fail(e.what());
         ++step;
@@ -245,7 +244,7 @@ int nproc_cycles(int cycles, int report) {
       try {
         (void)coropipe::spawn(io, {.argv = {"/bin/true"}, .out = coropipe::stdio::pipe()});
         return fail("spawn succeeded under RLIMIT_NPROC 0");
-      } catch (const std::system_error& e) {
+      } catch (const coropipe::system_error& e) {
         ++step;
         if (e.code() != std::errc::resource_unavailable_try_again) return fail(e.what());
         ++step;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Stress: holders of the pipe. End of stream and the end of a process are
 // separate events: a grandchild can hold a program's stdout open after the
 // program exited, and a child can close its stdout and run on. Waits never
@@ -18,10 +19,7 @@
 #include "stress.hpp"
 #include "stress_streams.hpp"
 
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/io_context.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/write.hpp>
+#include <coropipe/asio.hpp>
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -58,7 +56,7 @@ awaitable<std::string> read_to_eof(asio::posix::stream_descriptor& in) {
     auto [ec, n] = co_await coropipe::async_read_some(in, asio::buffer(buf), as_tuple);
     out.append(buf, n);
     if (ec == asio::error::eof) co_return out;
-    if (ec) throw std::system_error(ec, "read");
+    if (ec) throw coropipe::system_error(ec, "read");
   }
 }
 
@@ -78,7 +76,7 @@ awaitable<std::string> read_line(asio::posix::stream_descriptor& in) {
 // set it) is not cancelled when the timer wins; it completes only once data or
 // the end of the stream arrives (docs/performance.md, "io_uring").
 awaitable<bool> stays_open(asio::posix::stream_descriptor& in, std::chrono::milliseconds quiet) {
-  using namespace asio::experimental::awaitable_operators;
+  using namespace coropipe::compat::awaitable_operators;
   char c;
   asio::steady_timer t(co_await asio::this_coro::executor, quiet);
   auto r = co_await (coropipe::async_read_some(in, asio::buffer(&c, 1), as_tuple) || t.async_wait(use_awaitable));

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Stress: random kills. While many forked children stream bytes or framed
 // messages to the parent, a random fifth of them get SIGKILL at random
 // moments. Exactly those may end early, and then only cleanly: a prefix of
@@ -20,8 +21,7 @@
 #include "stress.hpp"
 #include "stress_streams.hpp"
 
-#include <asio/io_context.hpp>
-#include <asio/steady_timer.hpp>
+#include <coropipe/asio.hpp>
 
 #include <signal.h>
 
@@ -69,7 +69,7 @@ kill_plan plan_kills(std::uint64_t run_seed, std::size_t children, std::chrono::
 }
 
 // Sends SIGKILL to @p c after @p delay; @p ec: what signal() reported.
-awaitable<void> kill_later(coropipe::child& c, std::chrono::microseconds delay, std::error_code& ec) {
+awaitable<void> kill_later(coropipe::child& c, std::chrono::microseconds delay, coropipe::error_code& ec) {
   asio::steady_timer t(co_await asio::this_coro::executor, delay);
   co_await t.async_wait(use_awaitable);
   c.signal(SIGKILL, ec);
@@ -94,7 +94,7 @@ TEST_CASE("random SIGKILLs among forked children streaming bytes: exactly the ki
     auto& ins = streams.ins;
     std::vector<coropipe_stress::bytes_seen> seen(children);
     std::vector<exit_status> status(children, exit_status::exited(255));
-    std::vector<std::error_code> kill_ec(children);
+    std::vector<coropipe::error_code> kill_ec(children);
     std::vector<awaitable<void>> work;
     for (std::size_t i = 0; i < children; ++i) {
       const std::uint64_t seed = coropipe_stress::child_seed(run_seed, i);
@@ -152,7 +152,7 @@ TEST_CASE("random SIGKILLs among forked children sending framed messages: exactl
     auto& ins = streams.ins;
     std::vector<coropipe_stress::messages_seen> seen(children);
     std::vector<exit_status> status(children, exit_status::exited(255));
-    std::vector<std::error_code> kill_ec(children);
+    std::vector<coropipe::error_code> kill_ec(children);
     std::vector<awaitable<void>> work;
     for (std::size_t i = 0; i < children; ++i) {
       const std::uint64_t seed = coropipe_stress::child_seed(run_seed, i);
@@ -219,17 +219,17 @@ TEST_CASE("random SIGKILLs among spawned cats being written to and read from: th
           io, {.argv = {"cat"}, .in = coropipe::stdio::pipe(), .out = coropipe::stdio::pipe()}));
     }
     std::vector<std::size_t> written(cats, 0);
-    std::vector<std::error_code> write_ec(cats);
+    std::vector<coropipe::error_code> write_ec(cats);
     std::vector<coropipe_stress::bytes_seen> seen(cats);
     std::vector<exit_status> status(cats, exit_status::exited(255));
-    std::vector<std::error_code> kill_ec(cats);
+    std::vector<coropipe::error_code> kill_ec(cats);
     std::vector<awaitable<void>> work;
     for (std::size_t i = 0; i < cats; ++i) {
       const std::uint64_t seed = coropipe_stress::child_seed(run_seed, i);
       work.push_back(within(
           size(60s, 600s),
           [](coropipe::process& p, std::uint64_t s, std::size_t total, std::size_t& done,
-             std::error_code& ec) -> awaitable<void> {
+             coropipe::error_code& ec) -> awaitable<void> {
             coropipe_stress::byte_stream gen(s);
             std::vector<unsigned char> buf(coropipe_stress::chunk_size);
             while (done < total) {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Stress: parent death. A middle process forks children with fork_child()
 // (parent-death signal SIGKILL by default) and spawns `sleep 1000` with
 // spawn_options::parent_death_signal, partly while its children are streaming
@@ -17,9 +18,7 @@
 #include "stress.hpp"
 #include "stress_streams.hpp"
 
-#include <asio/detached.hpp>
-#include <asio/io_context.hpp>
-#include <asio/steady_timer.hpp>
+#include <coropipe/asio.hpp>
 
 #include <signal.h>
 #include <sys/wait.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 /// Shared by the stress scenarios: the size switch and small helpers.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Shared by the "many children", "random kills", "parent death" and "holders"
 // scenarios: seeds, a reproducible byte stream, deadlines for awaitables, and
 // the streaming halves: what a forked child writes (raw bytes or framed
@@ -15,14 +16,7 @@
 #include <coropipe/io.hpp>
 #include <coropipe/pipe.hpp>
 
-#include <asio/awaitable.hpp>
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/io_context.hpp>
-#include <asio/posix/stream_descriptor.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/this_coro.hpp>
-#include <asio/use_awaitable.hpp>
+#include <coropipe/asio.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -111,7 +105,7 @@ struct deadline_missed : std::runtime_error {
 /// completed after @p limit.
 template <typename T>
 asio::awaitable<T> within(std::chrono::steady_clock::duration limit, asio::awaitable<T> op, std::string what) {
-  using namespace asio::experimental::awaitable_operators;
+  using namespace coropipe::compat::awaitable_operators;
   asio::steady_timer timer(co_await asio::this_coro::executor, limit);
   auto r = co_await (std::move(op) || timer.async_wait(asio::use_awaitable));
   if (r.index() != 0) throw deadline_missed("deadline missed: " + what);
@@ -122,7 +116,7 @@ asio::awaitable<T> within(std::chrono::steady_clock::duration limit, asio::await
   }
 }
 
-inline constexpr auto as_tuple = asio::experimental::as_tuple(asio::use_awaitable);
+inline constexpr auto as_tuple = coropipe::compat::as_tuple(asio::use_awaitable);
 
 
 inline constexpr std::size_t chunk_size = std::size_t{64} << 10;
@@ -153,7 +147,7 @@ struct bytes_seen {
   std::size_t bytes = 0;                   // bytes read that matched the expected stream
   std::optional<std::size_t> mismatch_at;  // offset of the first wrong byte
   bool eof = false;                        // a clean end of stream was read
-  std::error_code error;                   // a read error other than eof
+  coropipe::error_code error;                   // a read error other than eof
 };
 
 /// Reads @p in to its end, checking every byte against byte_stream(@p seed).
@@ -226,7 +220,7 @@ struct messages_seen {
   std::uint64_t messages = 0;             // messages received in order and intact
   std::optional<std::string> bad;         // what was wrong with the first bad message
   bool clean_end = false;                 // the stream ended between frames
-  std::error_code error;                  // the receive error that ended it, if any
+  coropipe::error_code error;                  // the receive error that ended it, if any
 };
 
 /// Receives messages from @p fs to the end, checking each one: sequence
