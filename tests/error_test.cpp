@@ -101,7 +101,7 @@ TEST_CASE("coropipe codes never compare equal to std::errc or errno codes with t
     const coropipe::error_code ec = coropipe::make_error_code(e);
     CHECK(ec != std::error_condition(value, std::generic_category()));
     CHECK(ec != coropipe::error_code(value, coropipe::system_category()));
-    CHECK(ec != coropipe::error_code(value, std::generic_category()));
+    CHECK(ec != coropipe::error_code(std::error_code(value, std::generic_category())));
     CHECK(ec != std::make_error_code(static_cast<std::errc>(value)));
   }
   // Same name, different meaning: coropipe::errc::invalid_argument is not EINVAL.

@@ -1,9 +1,13 @@
 # SPDX-License-Identifier: BSL-1.0
-# cmake -DMODE=package|subdirectory -DSOURCE_DIR=<coropipe> -DBUILD_DIR=<coropipe build>
-#       -DWORK_DIR=<scratch> -DCXX=<compiler> [-DSANITIZE=<list>] -P run_consumer.cmake
-# Installs coropipe from BUILD_DIR (package mode), then configures, builds and
-# runs tests/consumer against it.
-foreach(v MODE SOURCE_DIR BUILD_DIR WORK_DIR CXX)
+# cmake -DMODE=package|subdirectory|pkg-config|first-project -DFLAVOUR=standalone|boost
+#       -DSOURCE_DIR=<coropipe> -DBUILD_DIR=<coropipe build> -DWORK_DIR=<scratch>
+#       -DCXX=<compiler> [-DSANITIZE=<list>] -P run_consumer.cmake
+# Builds and runs a program outside coropipe's tree against coropipe:
+#   package        install from BUILD_DIR, then find_package(coropipe CONFIG) (tests/consumer)
+#   subdirectory   add_subdirectory(coropipe) (tests/consumer)
+#   pkg-config     install, then plain `c++ main.cpp $(pkg-config --cflags --libs coropipe)`
+#   first-project  install, then the README's "Your first project" (samples/first_project)
+foreach(v MODE FLAVOUR SOURCE_DIR BUILD_DIR WORK_DIR CXX)
   if(NOT DEFINED ${v})
     message(FATAL_ERROR "run_consumer.cmake: ${v} is not set")
   endif()
@@ -17,25 +21,68 @@ function(run)
   endif()
 endfunction()
 
+if(FLAVOUR STREQUAL "boost")
+  set(library coropipe_boost)
+else()
+  set(library coropipe)
+endif()
+set(prefix "${WORK_DIR}/prefix")
 file(REMOVE_RECURSE "${WORK_DIR}")
-set(args -S "${SOURCE_DIR}/tests/consumer" -B "${WORK_DIR}/build" -G Ninja
-  -DCMAKE_CXX_COMPILER=${CXX} -DCOROPIPE_CONSUMER_MODE=${MODE})
+set(sanitize_flags "")
 if(SANITIZE)
   string(REPLACE ";" "," sanitize "${SANITIZE}")
-  list(APPEND args "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=${sanitize}")
+  set(sanitize_flags "-fsanitize=${sanitize}")
 endif()
-if(MODE STREQUAL "package")
-  run(${CMAKE_COMMAND} --install "${BUILD_DIR}" --prefix "${WORK_DIR}/prefix")
-  foreach(f include/coropipe/coropipe.hpp lib/libcoropipe.a lib/cmake/coropipe/coropipeConfig.cmake
-            lib/cmake/coropipe/FindAsio.cmake)
-    if(NOT EXISTS "${WORK_DIR}/prefix/${f}")
+
+if(NOT MODE STREQUAL "subdirectory")
+  run(${CMAKE_COMMAND} --install "${BUILD_DIR}" --prefix "${prefix}")
+  foreach(f include/coropipe/coropipe.hpp include/coropipe/asio.hpp lib/lib${library}.a
+            lib/cmake/coropipe/coropipeConfig.cmake lib/cmake/coropipe/FindAsio.cmake
+            lib/cmake/coropipe/LICENSE share/doc/coropipe/LICENSE lib/pkgconfig/${library}.pc)
+    if(NOT EXISTS "${prefix}/${f}")
       message(FATAL_ERROR "not installed: ${f}")
     endif()
   endforeach()
-  list(APPEND args "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix")
+endif()
+
+if(MODE STREQUAL "pkg-config")
+  find_program(PKG_CONFIG pkg-config REQUIRED)
+  set(ENV{PKG_CONFIG_PATH} "${prefix}/lib/pkgconfig")
+  execute_process(COMMAND ${PKG_CONFIG} --cflags --libs ${library}
+    OUTPUT_VARIABLE flags OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "pkg-config --cflags --libs ${library} failed")
+  endif()
+  message(STATUS "pkg-config --cflags --libs ${library}: ${flags}")
+  separate_arguments(flags UNIX_COMMAND "${flags}")
+  file(MAKE_DIRECTORY "${WORK_DIR}/build")
+  # As a user would write it: g++ main.cpp $(pkg-config --cflags --libs coropipe)
+  run(${CXX} ${SOURCE_DIR}/tests/consumer/main.cpp -DCOROPIPE_GLOBAL_ASIO_ALIAS ${flags} ${sanitize_flags}
+    -o "${WORK_DIR}/build/consumer")
+  run("${WORK_DIR}/build/consumer")
+  return()
+endif()
+
+if(MODE STREQUAL "first-project")
+  set(source "${SOURCE_DIR}/samples/first_project")
+  set(program first_project)
 else()
-  list(APPEND args "-DCOROPIPE_SOURCE_DIR=${SOURCE_DIR}")
+  set(source "${SOURCE_DIR}/tests/consumer")
+  set(program consumer)
+endif()
+set(args -S "${source}" -B "${WORK_DIR}/build" -G Ninja
+  -DCMAKE_CXX_COMPILER=${CXX} -DCOROPIPE_CONSUMER_MODE=${MODE} -DCOROPIPE_CONSUMER_LIBRARY=${library})
+if(sanitize_flags)
+  list(APPEND args "-DCMAKE_EXE_LINKER_FLAGS=${sanitize_flags}")
+endif()
+if(MODE STREQUAL "subdirectory")
+  list(APPEND args "-DCOROPIPE_SOURCE_DIR=${SOURCE_DIR}" "-DCOROPIPE_ASIO=${FLAVOUR}")
+  if(DEFINED ASIO_ROOT AND NOT ASIO_ROOT STREQUAL "")
+    list(APPEND args "-DAsio_ROOT=${ASIO_ROOT}")
+  endif()
+else()
+  list(APPEND args "-DCMAKE_PREFIX_PATH=${prefix}")
 endif()
 run(${CMAKE_COMMAND} ${args})
 run(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
-run("${WORK_DIR}/build/consumer")
+run("${WORK_DIR}/build/${program}")
