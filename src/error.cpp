@@ -7,7 +7,11 @@ namespace coropipe {
 
 namespace {
 
-class category_impl final : public std::error_category {
+// boost::system::error_category has a non-virtual destructor by design (its
+// categories are never deleted through a base pointer); neither is ours.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnon-virtual-dtor"
+class category_impl final : public error_category {
 public:
   const char* name() const noexcept override { return "coropipe"; }
 
@@ -33,15 +37,16 @@ public:
     return "unknown coropipe error " + std::to_string(value);
   }
 };
+#pragma GCC diagnostic pop
 
 } // namespace
 
-const std::error_category& category() noexcept {
+const error_category& category() noexcept {
   static const category_impl instance;
   return instance;
 }
 
-std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), category()}; }
+error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), category()}; }
 
 namespace detail {
 

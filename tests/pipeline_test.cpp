@@ -168,7 +168,7 @@ TEST_CASE("a stage that cannot be started: the error names it, and the stages al
   const auto e = spawn_error(io, spawn_options{.argv = {helper, "sleep", "60"}} |
                                      spawn_options{.argv = {"no-such-program-coropipe"}} | spawn_options{.argv = {"cat"}});
   CHECK(e.code() == std::errc::no_such_file_or_directory);
-  CHECK(std::string(e.what()) ==
+  CHECK(coropipe_test::what_of(e) ==
         "coropipe::spawn: stage 1 (no-such-program-coropipe): execve no-such-program-coropipe: No such file or directory");
   CHECK_FALSE(coropipe_test::has_children());
 
@@ -185,7 +185,7 @@ TEST_CASE("pipelines that cannot work are invalid_argument") {
     INFO("expecting: " << what);
     const auto e = spawn_error(io, std::move(opts));
     CHECK(e.code() == coropipe::errc::invalid_argument);
-    CHECK(std::string(e.what()) == "coropipe::spawn: " + what + ": invalid argument");
+    CHECK(coropipe_test::what_of(e) == "coropipe::spawn: " + what + ": invalid argument");
   };
   check({}, "the pipeline has no stage");
   check(spawn_options{.argv = {"a"}, .out = stdio::pipe()} | spawn_options{.argv = {"b"}},

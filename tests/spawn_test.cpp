@@ -224,7 +224,7 @@ TEST_CASE("the PATH searched is the program's own") {
   none.env.set("PATH", "/nonexistent-dir");
   const auto e = spawn_error(io, std::move(none));
   CHECK(e.code() == std::errc::no_such_file_or_directory);
-  CHECK(std::string(e.what()) == "coropipe::spawn: execve sh: No such file or directory");
+  CHECK(coropipe_test::what_of(e) == "coropipe::spawn: execve sh: No such file or directory");
 }
 
 TEST_CASE("stdio::null: end of input, and output discarded") {
@@ -406,7 +406,7 @@ TEST_CASE("exec failures are errors naming the step and the errno, and leave not
     const auto e = spawn_error(io, std::move(c.opts));
     CHECK(e.code() == c.error);
     CHECK(e.code().category() == coropipe::system_category());
-    CHECK(std::string(e.what()) == "coropipe::spawn: " + c.what);
+    CHECK(coropipe_test::what_of(e) == "coropipe::spawn: " + c.what);
     CHECK_FALSE(coropipe_test::has_children());  // the failed child was reaped
   }
   // The error_code form: the errno, and an empty process.
@@ -438,7 +438,7 @@ TEST_CASE("a script with #! runs; PATH candidates that are not executable give E
   only_a.env.set("PATH", (dir.path / "a").string() + ":/nonexistent");
   const auto e = spawn_error(io, std::move(only_a));
   CHECK(e.code() == std::errc::permission_denied);
-  CHECK(std::string(e.what()) == "coropipe::spawn: execve " + (dir.path / "a" / "prog").string() + ": Permission denied");
+  CHECK(coropipe_test::what_of(e) == "coropipe::spawn: execve " + (dir.path / "a" / "prog").string() + ": Permission denied");
 }
 
 TEST_CASE("options that can never work are invalid_argument, before anything is created") {
@@ -449,7 +449,7 @@ TEST_CASE("options that can never work are invalid_argument, before anything is 
     const auto before = coropipe_test::open_fds();
     const auto e = spawn_error(io, std::move(opts));
     CHECK(e.code() == coropipe::errc::invalid_argument);
-    CHECK(std::string(e.what()) == "coropipe::spawn: " + what + ": invalid argument");
+    CHECK(coropipe_test::what_of(e) == "coropipe::spawn: " + what + ": invalid argument");
     for (int fd : coropipe_test::open_fds())  // nothing new (those given are closed)
       CHECK(std::find(before.begin(), before.end(), fd) != before.end());
     CHECK_FALSE(coropipe_test::has_children());
@@ -520,7 +520,7 @@ TEST_CASE("a descriptor that cannot be put in place is reported") {
     try {
       (void)coropipe::spawn(io, std::move(opts));
     } catch (const coropipe::system_error& e) {
-      what = e.what();
+      what = coropipe_test::what_of(e);
       code = e.code();
     }
   }

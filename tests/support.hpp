@@ -88,6 +88,17 @@ inline void run(asio::io_context& io, asio::awaitable<void> aw, std::chrono::sec
 /// The descriptors open in this process, sorted (coropipe's background
 /// reaper's own descriptor and its /proc/self/status excluded: they live as
 /// long as the process).
+// What a coropipe::system_error says, without the " [category:value]" that
+// Boost.System's system_error appends to what() (standalone: what() itself).
+inline std::string what_of(const std::exception& e) {
+  std::string what = e.what();
+  if (COROPIPE_ASIO_BOOST && !what.empty() && what.back() == ']') {
+    const auto open = what.rfind(" [");
+    if (open != std::string::npos) what.erase(open);
+  }
+  return what;
+}
+
 inline std::vector<int> open_fds() {
   std::vector<int> fds;
   DIR* dir = ::opendir("/proc/self/fd");

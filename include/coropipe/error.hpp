@@ -38,12 +38,22 @@ enum class errc {
   invalid_argument,
 };
 
-/// The category of coropipe's own errors; its name() is "coropipe".
-[[nodiscard]] const std::error_category& category() noexcept;
+/// The base of error categories in the flavour's error-code system:
+/// std::error_category, or boost::system::error_category with Boost.Asio.
+#if COROPIPE_ASIO_BOOST
+using error_category = ::boost::system::error_category;
+#else
+using error_category = std::error_category;
+#endif
+
+/// The category of coropipe's own errors; its name() is "coropipe". It is a
+/// category of the flavour's error-code system (std:: or boost::system::), so
+/// that `ec.value()` and `ec.category()` of a coropipe error are its own.
+[[nodiscard]] const error_category& category() noexcept;
 
 /// Makes an error code of coropipe's category; found by ADL, so
-/// `std::error_code ec = coropipe::errc::no_child;` works.
-[[nodiscard]] std::error_code make_error_code(errc e) noexcept;
+/// `coropipe::error_code ec = coropipe::errc::no_child;` works.
+[[nodiscard]] error_code make_error_code(errc e) noexcept;
 
 namespace detail {
 /// Throws coropipe::system_error(ec) whose what() reads "<function>: <call>: <message>".
@@ -52,5 +62,10 @@ namespace detail {
 
 } // namespace coropipe
 
+#if COROPIPE_ASIO_BOOST
+template <>
+struct boost::system::is_error_code_enum<coropipe::errc> : std::true_type {};
+#else
 template <>
 struct std::is_error_code_enum<coropipe::errc> : std::true_type {};
+#endif
