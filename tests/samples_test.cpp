@@ -440,3 +440,33 @@ TEST_CASE("program_snippets: the chapter 3 examples that need only standard prog
   CHECK(status_of(r) == exit_status::exited(0));
   CHECK(r.out == "communicate: exited with 0\npipeline:       2 b\n      1 a\n");
 }
+
+TEST_CASE("hello: the README's program prints what its child wrote and how the child ended") {
+  const auto r = run_program({COROPIPE_SAMPLE_HELLO});
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out == "child says: Hello from the child\nchild exited with 0\n");
+  CHECK(r.err.empty());
+}
+
+TEST_CASE("first_project: the first project's main.cpp runs uname and reports it") {
+  const auto r = run_program({COROPIPE_SAMPLE_FIRST_PROJECT});
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out.find("uname says: Linux ") == 0);
+  CHECK(r.out.find("\nuname exited with 0\n") != std::string::npos);
+  CHECK(r.err.empty());
+}
+
+TEST_CASE("errors_and_races: what docs/errors.md says each case prints") {
+  const auto r = run_program({COROPIPE_SAMPLE_ERRORS_AND_RACES});
+  INFO("stderr: " << r.err);
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out ==
+        "thrown: malformed frame header\n"
+        "returned: malformed frame header\n"
+        "sync pair: two ends\n"
+        "channel receive at the end: an empty optional\n"
+        "byte read at the end: 0 bytes, asio::error::eof\n"
+        "||: branch 1 won\n"
+        "parallel group: the receive first, malformed frame header; the timer cancelled\n"
+        "out of io.run(): an error nobody caught\n");
+}
