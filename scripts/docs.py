@@ -76,6 +76,20 @@ def unchecked_blocks(md, text):
     return found
 
 
+def self_test():
+    """The block check itself: what it must flag and what it must let through."""
+    sample = "\n".join([
+        "<!-- include: samples/x.cpp#r -->", "```cpp", "int a;", "```", "<!-- end include -->",
+        "<!-- fragment -->", "```cpp", "f();", "```",
+        "```sh", "ls", "```",
+        "```cpp", "unmarked();", "```",
+        "text", "```c++", "also();", "```",
+        "```cmake", "find_package(x)", "```", ""])
+    found = unchecked_blocks(ROOT / "self-test.md", sample)
+    expected = ["self-test.md:13", "self-test.md:17", "self-test.md:20"]
+    return [] if found == expected else [f"self-test of the block check: found {found}, expected {expected}"]
+
+
 # --- reference pages ---------------------------------------------------------
 
 def strip_comment(line):
@@ -203,7 +217,7 @@ def main():
             if mode == "--update":
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
-    problems = []
+    problems = self_test()
     test_command = readme_command("test")
     readme_command("sample")
     if test_command not in (ROOT / ".ci/run").read_text():
