@@ -12,6 +12,7 @@
 #include <exception>
 #include <string>
 #include <string_view>
+#include <utility>
 
 // Runs in the forked child, on an io_context of its own.
 asio::awaitable<int> child(coropipe::child_context& ctx, coropipe::unique_fd out) {
