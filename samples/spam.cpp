@@ -50,8 +50,9 @@ asio::awaitable<int> child(coropipe::child_context& ctx, coropipe::unique_fd pip
 // while True: line = os.read(pipein, 32); print(...)
 // Returns at the end of the child's stream (no error), or with the error that
 // stopped it. It reports errors as values, not exceptions, because it runs in
-// an `a || b` race below: Asio 1.22's operator|| waits for the first branch to
-// *succeed*, so a branch that threw would leave the other one running.
+// an `a || b` race below: Asio's operator|| (experimental::awaitable_operators,
+// in every release to date) waits for the first branch to *succeed*, so a
+// branch that threw would leave the other one running.
 asio::awaitable<coropipe::error_code> parent(asio::posix::stream_descriptor& pipein, std::size_t read_size) {
   std::vector<char> line(read_size);
   for (;;) {

@@ -17,7 +17,12 @@
    `// [docs:end]` lines (`#` instead of `//` in Python and shell). --check fails when a copy differs from its source.
 2. Reference pages. docs/reference/<header>.md is generated from the `///`
    comments of include/coropipe/<header>.hpp: every public header has one.
-3. The README's commands. The README marks its two commands with
+3. Every C++ or CMake block is checked. In README.md and docs/ (outside the
+   generated reference pages), a ```cpp, ```c++ or ```cmake block is either
+   an include (1. above) or preceded by a line `<!-- fragment -->`, which
+   says that it is a partial snippet shown on purpose and not compiled.
+   --check names every other block as file:line.
+4. The README's commands. The README marks its two commands with
    `<!-- command:sample -->` and `<!-- command:test -->` before a ```sh block
    of one line; .ci/run must contain the test command verbatim.
 """
@@ -43,6 +48,46 @@ def region(path, name):
 
 def sync_includes(text):
     return INCLUDE_RE.sub(lambda m: m.group(1) + region(m.group("path"), m.group("region")) + m.group(6), text)
+
+
+CODE_LANGS = ("cpp", "c++", "cmake")
+FRAGMENT_MARK = "<!-- fragment -->"
+
+
+def unchecked_blocks(md, text):
+    """file:line of each C++/CMake block that is neither an include nor a marked fragment."""
+    found = []
+    lines = text.splitlines()
+    in_fence = False
+    for i, line in enumerate(lines):
+        if not line.startswith("```"):
+            continue
+        if in_fence:
+            in_fence = False
+            continue
+        in_fence = True
+        lang = line[3:].strip().lower()
+        if lang not in CODE_LANGS:
+            continue
+        before = lines[i - 1].strip() if i > 0 else ""
+        if before == FRAGMENT_MARK or re.fullmatch(r"<!-- include: [^#\s]+#[\w-]+ -->", before):
+            continue
+        found.append(f"{md.relative_to(ROOT)}:{i + 1}")
+    return found
+
+
+def self_test():
+    """The block check itself: what it must flag and what it must let through."""
+    sample = "\n".join([
+        "<!-- include: samples/x.cpp#r -->", "```cpp", "int a;", "```", "<!-- end include -->",
+        "<!-- fragment -->", "```cpp", "f();", "```",
+        "```sh", "ls", "```",
+        "```cpp", "unmarked();", "```",
+        "text", "```c++", "also();", "```",
+        "```cmake", "find_package(x)", "```", ""])
+    found = unchecked_blocks(ROOT / "self-test.md", sample)
+    expected = ["self-test.md:13", "self-test.md:17", "self-test.md:20"]
+    return [] if found == expected else [f"self-test of the block check: found {found}, expected {expected}"]
 
 
 # --- reference pages ---------------------------------------------------------
@@ -152,10 +197,15 @@ def main():
     if mode not in ("--check", "--update"):
         raise SystemExit(__doc__)
     stale = []
+    unmarked = []
     for md in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         if "docs/reference" in str(md):
             continue
         text = md.read_text()
+        unmarked += unchecked_blocks(md, text)
+        if text.count("<!-- include: ") != len(INCLUDE_RE.findall(text)):
+            unmarked.append(f"{md.relative_to(ROOT)}: an <!-- include: --> marker without its block or"
+                            " <!-- end include --> (so it is not synced);")
         new = sync_includes(text)
         if new != text:
             stale.append(str(md.relative_to(ROOT)))
@@ -167,11 +217,14 @@ def main():
             if mode == "--update":
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
-    problems = []
+    problems = self_test()
     test_command = readme_command("test")
     readme_command("sample")
     if test_command not in (ROOT / ".ci/run").read_text():
         problems.append(".ci/run does not run the README's test command verbatim: " + test_command)
+    for where in unmarked:
+        problems.append(where + ": a code block that is neither included from a compiled file"
+                        " (<!-- include: path#region -->) nor marked <!-- fragment -->")
     if mode == "--check" and stale:
         problems.append("out of date (run scripts/docs.py --update): " + ", ".join(stale))
     for p in problems:

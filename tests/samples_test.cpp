@@ -283,6 +283,19 @@ TEST_CASE("request_reply: a slow answer times out, and arrives late to be droppe
   CHECK(r.out.find("8 squared") == std::string::npos);
 }
 
+TEST_CASE("request_reply: a bad frame is reported at once as the receive's error, not as a timeout") {
+  // A timeout far longer than the test: had the receive's error waited out
+  // the timer (a throwing receive in ||), this would take minutes.
+  const auto start = std::chrono::steady_clock::now();
+  const auto r = run_program({request_reply, "--count", "4", "--bad-frame", "2", "--timeout", "120s"}, 60s);
+  const auto took = std::chrono::steady_clock::now() - start;
+  INFO("output: " << r.out << "stderr: " << r.err);
+  CHECK(status_of(r) == exit_status::exited(1));
+  // Framing errors are sticky: it stops asking after the first one.
+  CHECK(r.out == "7 squared is 49\nrequest 2 failed: malformed frame header\nworker exited with 0\n");
+  CHECK(took < 60s);
+}
+
 TEST_CASE("request_reply: bad flags") {
   const auto r = run_program({request_reply, "--count"});
   CHECK(status_of(r) == exit_status::exited(2));
@@ -419,4 +432,41 @@ TEST_CASE("pipeline: usage errors exit 2; a stage that cannot start exits 127 wi
   CHECK(r.err ==
         "pipeline: coropipe::spawn: stage 1 (no-such-program-coropipe): execve no-such-program-coropipe: "
         "No such file or directory\n");
+}
+
+TEST_CASE("program_snippets: the chapter 3 examples that need only standard programs run") {
+  const auto r = run_program({COROPIPE_SAMPLE_PROGRAM_SNIPPETS});
+  INFO("stderr: " << r.err);
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out == "communicate: exited with 0\npipeline:       2 b\n      1 a\n");
+}
+
+TEST_CASE("hello: the README's program prints what its child wrote and how the child ended") {
+  const auto r = run_program({COROPIPE_SAMPLE_HELLO});
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out == "child says: Hello from the child\nchild exited with 0\n");
+  CHECK(r.err.empty());
+}
+
+TEST_CASE("first_project: the first project's main.cpp runs uname and reports it") {
+  const auto r = run_program({COROPIPE_SAMPLE_FIRST_PROJECT});
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out.find("uname says: Linux ") == 0);
+  CHECK(r.out.find("\nuname exited with 0\n") != std::string::npos);
+  CHECK(r.err.empty());
+}
+
+TEST_CASE("errors_and_races: what docs/errors.md says each case prints") {
+  const auto r = run_program({COROPIPE_SAMPLE_ERRORS_AND_RACES});
+  INFO("stderr: " << r.err);
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out ==
+        "thrown: malformed frame header\n"
+        "returned: malformed frame header\n"
+        "sync pair: two ends\n"
+        "channel receive at the end: an empty optional\n"
+        "byte read at the end: 0 bytes, asio::error::eof\n"
+        "||: branch 1 won\n"
+        "parallel group: the receive first, malformed frame header; the timer cancelled\n"
+        "out of io.run(): an error nobody caught\n");
 }
