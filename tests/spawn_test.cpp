@@ -26,6 +26,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -302,6 +303,40 @@ TEST_CASE("passed descriptors arrive at their numbers, and only they") {
   // Closed here: the read ends see end of stream once the program is gone.
   CHECK(coropipe_test::read_all(a.read_end.get()).empty());
   CHECK(coropipe_test::read_all(b.read_end.get()).empty());
+}
+
+TEST_CASE("passed descriptors can be given inline, in spawn()'s own braces") {
+  asio::io_context io;
+  auto a = coropipe::pipe();
+  auto b = coropipe::pipe();
+  const std::string target_a = coropipe_test::fd_target(a.write_end.get());
+  const std::string target_b = coropipe_test::fd_target(b.write_end.get());
+  const auto r = run_program(io, {.argv = {helper, "print-fds"},
+                                  .fds = {coropipe::passed_fd{5, std::move(a.write_end)},
+                                          coropipe::passed_fd{42, std::move(b.write_end)}}});
+  CHECK_FALSE(a.write_end);  // moved out of the list, closed here by spawn()
+  CHECK_FALSE(b.write_end);
+  CHECK(r.status.success());
+  INFO("the program had:\n" << r.out);
+  CHECK(fd_numbers(r.out) == std::vector<int>{0, 1, 2, 5, 42});
+  CHECK(fd_target_in(r.out, 5) == target_a);
+  CHECK(fd_target_in(r.out, 42) == target_b);
+  CHECK(coropipe_test::read_all(a.read_end.get()).empty());
+  CHECK(coropipe_test::read_all(b.read_end.get()).empty());
+
+  // The unnamed form, pass_fd() and push_back() still work on the same member.
+  auto c = coropipe::pipe();
+  auto d = coropipe::pipe();
+  spawn_options opts{.argv = {helper, "print-fds"}, .fds = {{7, std::move(c.write_end)}}};
+  opts.fds.push_back(coropipe::passed_fd{8, std::move(d.write_end)});
+  opts.pass_fd(9, coropipe::pipe().write_end);
+  CHECK(opts.fds.size() == 3);
+  const auto r2 = run_program(io, std::move(opts));
+  CHECK(r2.status.success());
+  CHECK(fd_numbers(r2.out) == std::vector<int>{0, 1, 2, 7, 8, 9});
+  // A named passed_fd is not silently moved from: it must be std::move()d.
+  static_assert(!std::is_convertible_v<coropipe::passed_fd&, coropipe::detail::passed_fd_init>);
+  static_assert(std::is_convertible_v<coropipe::passed_fd&&, coropipe::detail::passed_fd_init>);
 }
 
 TEST_CASE("passed descriptors whose numbers are each other's targets are swapped correctly") {
