@@ -25,6 +25,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 
 using namespace std::chrono_literals;
 using asio::awaitable;
@@ -49,6 +50,12 @@ awaitable<std::string> read_to_eof(asio::posix::stream_descriptor& in) {
     if (ec) throw coropipe::system_error(ec, "read");
   }
 }
+
+// fork_child(io, args...) compiles.
+template <typename... Args>
+concept forkable = requires(asio::io_context& io, Args&&... args) {
+  coropipe::fork_child(io, std::forward<Args>(args)...);
+};
 
 } // namespace
 
@@ -284,6 +291,67 @@ TEST_CASE("fork_child refuses a process with several threads, and allow_threads 
   auto allowed = coropipe::fork_child(io, opts, body);
   CHECK(run(io, allowed.async_wait(use_awaitable)) == exit_status::exited(5));
 
+  {
+    std::lock_guard lock(m);
+    stop = true;
+  }
+  cv.notify_one();
+  t.join();
+}
+
+TEST_CASE("the error_code form of fork_child takes the throwing form's default options") {
+  asio::io_context io;
+  auto body = [](child_context& ctx, unique_fd out, int code) -> awaitable<int> {
+    auto w = ctx.attach(std::move(out));
+    co_await asio::async_write(w, asio::buffer("hi", 2), use_awaitable);
+    co_return code;
+  };
+  {
+    auto [in, out] = coropipe::pipe();
+    coropipe::error_code ec = coropipe::errc::no_child;  // cleared on success
+    coropipe::child c = coropipe::fork_child(io, body, std::move(out), 7, ec);
+    CHECK_FALSE(ec);
+    REQUIRE(c.valid());
+    CHECK_FALSE(out);  // handed to the child, closed here
+    auto r = coropipe::attach(io, std::move(in));
+    CHECK(run(io, read_to_eof(r)) == "hi");
+    CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(7));
+  }
+
+  // An error_code the child takes: a trailing non-const lvalue is always the
+  // caller's (the error_code form); an rvalue or a const lvalue goes to the child.
+  auto echo_code = [](child_context&, coropipe::error_code e) -> awaitable<int> { co_return e.value(); };
+  const coropipe::error_code for_child(42, coropipe::system_category());
+  coropipe::error_code ec;
+  coropipe::child by_value = coropipe::fork_child(io, echo_code, for_child, ec);
+  CHECK_FALSE(ec);
+  CHECK(run(io, by_value.async_wait(use_awaitable)) == exit_status::exited(42));
+  coropipe::child by_rvalue = coropipe::fork_child(io, echo_code, coropipe::error_code(43, coropipe::system_category()));
+  CHECK(run(io, by_rvalue.async_wait(use_awaitable)) == exit_status::exited(43));
+  using echo_code_fn = decltype(echo_code)&;
+  static_assert(!forkable<echo_code_fn, coropipe::error_code&>,
+                "a lone error_code& is the caller's, not the child's argument");
+  static_assert(forkable<echo_code_fn, const coropipe::error_code&>);
+  static_assert(forkable<echo_code_fn, coropipe::error_code>);
+  static_assert(forkable<echo_code_fn, const coropipe::error_code&, coropipe::error_code&>);
+
+  // With the default options, a threaded process is refused through ec.
+  std::mutex m;
+  std::condition_variable cv;
+  bool stop = false;
+  std::thread t([&] {
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return stop; });
+  });
+  const auto before = coropipe_test::open_fds();
+  {
+    auto [in, out] = coropipe::pipe();
+    in.reset();
+    coropipe::child refused = coropipe::fork_child(io, body, std::move(out), 7, ec);
+    CHECK(ec == coropipe::errc::fork_in_threaded_process);
+    CHECK_FALSE(refused.valid());
+  }
+  CHECK(coropipe_test::open_fds() == before);  // the argument's descriptor was closed
   {
     std::lock_guard lock(m);
     stop = true;
