@@ -1085,7 +1085,7 @@ TEST_CASE("fork_with_channel: the child transforms what it receives, and the par
     co_await cc.channel.async_flush(use_awaitable);
     REQUIRE(::shutdown(cc.channel.framed().next_layer().native_handle(), SHUT_WR) == 0);
     const exit_status st = co_await cc.child.async_wait(use_awaitable);
-    CHECK(st == exit_status::exited(40));
+    CHECK(st == exit_status::from_code(40));
     // It has exited: its end is closed.
     CHECK_FALSE((co_await cc.channel.async_receive(use_awaitable)).has_value());
     CHECK_FALSE((co_await cc.channel.async_receive(use_awaitable)).has_value());
@@ -1133,7 +1133,7 @@ TEST_CASE("fork_with_channel: different types each way, arguments, fork_options,
     auto end = co_await cc.channel.async_receive(use_awaitable);
     CHECK_FALSE(end.has_value());
     const exit_status st = co_await cc.child.async_wait(use_awaitable);
-    CHECK(st == exit_status::exited(0));
+    CHECK(st == exit_status::from_code(0));
   }());
 }
 
@@ -1157,7 +1157,7 @@ TEST_CASE("fork_with_channel: the parent's channel destroyed with values queued:
     }());
   }  // destroyed: what is still queued is written in the background, then the end
   const exit_status st = run(io, cc.child.async_wait(use_awaitable));
-  CHECK(st == exit_status::exited(static_cast<int>(count / 10)));
+  CHECK(st == exit_status::from_code(static_cast<int>(count / 10)));
 }
 
 // --- Many senders --------------------------------------------------------------------------------

@@ -80,8 +80,8 @@ TEST_CASE("a forked child's coroutine writes through a pipe and its result is th
     co_return std::pair{t, st};
   }());
   CHECK(text == "hello from the child");
-  CHECK(status == exit_status::exited(42));
-  CHECK(c.status() == exit_status::exited(42));
+  CHECK(status == exit_status::from_code(42));
+  CHECK(c.status() == exit_status::from_code(42));
 }
 
 TEST_CASE("a child whose coroutine returns awaitable<void> exits with 0") {
@@ -90,7 +90,7 @@ TEST_CASE("a child whose coroutine returns awaitable<void> exits with 0") {
     asio::steady_timer t(ctx.get_executor(), 1ms);
     co_await t.async_wait(use_awaitable);
   });
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(0));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(0));
 }
 
 TEST_CASE("an exception escaping the child's coroutine is printed on stderr and exits 1") {
@@ -107,7 +107,7 @@ TEST_CASE("an exception escaping the child's coroutine is printed on stderr and 
   const std::string text = coropipe_test::read_all(err_in.get());
   CHECK(text.find("uncaught exception: the child gave up") != std::string::npos);
   CHECK(text.find("forked child " + std::to_string(c.pid())) != std::string::npos);
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(1));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(1));
 }
 
 TEST_CASE("the parent reads a clean end of stream when the child exits") {
@@ -140,7 +140,7 @@ TEST_CASE("the child's write fails with broken_pipe once the parent's reader is 
   in.reset();      // the parent's reader is gone...
   go_out.reset();  // ...and the child learns it may write now
   // 7: broken_pipe, not death by SIGPIPE (which would read "killed by SIGPIPE").
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(7));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(7));
 }
 
 TEST_CASE("descriptors: the child keeps only 0-2, what it was handed, and non-cloexec ones") {
@@ -216,7 +216,7 @@ TEST_CASE("descriptors: high numbers are found in a grown table, even above the 
       const bool kept = ::fcntl(inheritable, F_GETFD) >= 0;
       co_return (closed ? 0 : 1) + (kept ? 0 : 2);
     });
-    CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(0));
+    CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(0));
   };
   child_sees("default limit");
 
@@ -253,7 +253,7 @@ TEST_CASE("each child closes the other children's pipes, so every stream ends on
   }
   for (int i = 1; i < 4; ++i) {
     CHECK(run(io, read_to_eof(readers[static_cast<std::size_t>(i)]), 20s) == "child " + std::to_string(i));
-    CHECK(run(io, kids[static_cast<std::size_t>(i)].async_wait(use_awaitable)) == exit_status::exited(i));
+    CHECK(run(io, kids[static_cast<std::size_t>(i)].async_wait(use_awaitable)) == exit_status::from_code(i));
   }
   // The lingering one is killed and reaped by its handle's destructor.
   const pid_t first = kids[0].pid();
@@ -289,7 +289,7 @@ TEST_CASE("fork_child refuses a process with several threads, and allow_threads 
   coropipe::fork_options opts;
   opts.allow_threads = true;
   auto allowed = coropipe::fork_child(io, opts, body);
-  CHECK(run(io, allowed.async_wait(use_awaitable)) == exit_status::exited(5));
+  CHECK(run(io, allowed.async_wait(use_awaitable)) == exit_status::from_code(5));
 
   {
     std::lock_guard lock(m);
@@ -315,7 +315,7 @@ TEST_CASE("the error_code form of fork_child takes the throwing form's default o
     CHECK_FALSE(out);  // handed to the child, closed here
     auto r = coropipe::attach(io, std::move(in));
     CHECK(run(io, read_to_eof(r)) == "hi");
-    CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(7));
+    CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(7));
   }
 
   // An error_code the child takes: a trailing non-const lvalue is always the
@@ -325,9 +325,10 @@ TEST_CASE("the error_code form of fork_child takes the throwing form's default o
   coropipe::error_code ec;
   coropipe::child by_value = coropipe::fork_child(io, echo_code, for_child, ec);
   CHECK_FALSE(ec);
-  CHECK(run(io, by_value.async_wait(use_awaitable)) == exit_status::exited(42));
-  coropipe::child by_rvalue = coropipe::fork_child(io, echo_code, coropipe::error_code(43, coropipe::system_category()));
-  CHECK(run(io, by_rvalue.async_wait(use_awaitable)) == exit_status::exited(43));
+  CHECK(run(io, by_value.async_wait(use_awaitable)) == exit_status::from_code(42));
+  coropipe::child by_rvalue =
+      coropipe::fork_child(io, echo_code, coropipe::error_code(43, coropipe::system_category()));
+  CHECK(run(io, by_rvalue.async_wait(use_awaitable)) == exit_status::from_code(43));
   using echo_code_fn = decltype(echo_code)&;
   static_assert(!forkable<echo_code_fn, coropipe::error_code&>,
                 "a lone error_code& is the caller's, not the child's argument");
@@ -380,7 +381,7 @@ TEST_CASE("with allow_threads, several threads can make a process's first forks 
         }
         auto c = coropipe::fork_child(io, opts, [](child_context&, int code) -> awaitable<int> { co_return code; },
                                       10 + i);
-        if (c.wait() == exit_status::exited(10 + i)) good.fetch_add(1);
+        if (c.wait() == exit_status::from_code(10 + i)) good.fetch_add(1);
       });
     }
     for (auto& t : pool) t.join();
@@ -388,7 +389,7 @@ TEST_CASE("with allow_threads, several threads can make a process's first forks 
   });
   auto status = coropipe_test::wait_for_pid(middle, 60s);
   REQUIRE(status);
-  CHECK(exit_status::from_wait_status(*status) == exit_status::exited(0));
+  CHECK(exit_status::from_wait_status(*status) == exit_status::from_code(0));
 }
 
 TEST_CASE("stdio buffered before the fork is printed once") {
@@ -412,7 +413,7 @@ TEST_CASE("stdio buffered before the fork is printed once") {
   const std::string text = coropipe_test::read_all(in.get());
   auto status = coropipe_test::wait_for_pid(pid, 30s);
   REQUIRE(status);
-  CHECK(exit_status::from_wait_status(*status) == exit_status::exited(0));
+  CHECK(exit_status::from_wait_status(*status) == exit_status::from_code(0));
   CHECK(text == "before the fork;child;parent;");
 }
 
@@ -442,7 +443,7 @@ std::string iostream_output_around_a_fork(bool synced_with_stdio) {
   std::string text = coropipe_test::read_all(in.get());
   auto status = coropipe_test::wait_for_pid(pid, 30s);
   REQUIRE(status);
-  CHECK(exit_status::from_wait_status(*status) == exit_status::exited(0));
+  CHECK(exit_status::from_wait_status(*status) == exit_status::from_code(0));
   return text;
 }
 
@@ -547,12 +548,12 @@ TEST_CASE("a /proc/self/status longer than one read still gives the thread count
   for (const bool cut_in_sigcgt : {false, true}) {
     CAPTURE(cut_in_sigcgt);
     const exit_status st = long_status_scenario(cut_in_sigcgt);
-    if (st == exit_status::exited(77)) {
+    if (st == exit_status::from_code(77)) {
       MESSAGE("skipped: setgroups() is not permitted here");
       return;
     }
     CAPTURE(st.exit_code());  // 10 to 14: the step that failed
-    CHECK(st == exit_status::exited(0));
+    CHECK(st == exit_status::from_code(0));
   }
 }
 
@@ -618,7 +619,7 @@ exit_status orphaned_child_status(const coropipe::fork_options& opts, std::chron
   REQUIRE(::read(in.get(), &grandchild, sizeof grandchild) == sizeof grandchild);
   auto middle_status = coropipe_test::wait_for_pid(middle, 30s);
   REQUIRE(middle_status);
-  REQUIRE(exit_status::from_wait_status(*middle_status) == exit_status::exited(0));
+  REQUIRE(exit_status::from_wait_status(*middle_status) == exit_status::from_code(0));
   auto status = coropipe_test::wait_for_pid(grandchild, 30s);
   REQUIRE(status);
   return exit_status::from_wait_status(*status);
@@ -633,7 +634,7 @@ TEST_CASE("a child gets SIGKILL when the thread that forked it ends") {
 TEST_CASE("parent_death_signal 0 lets the child outlive the forking thread") {
   coropipe::fork_options opts;
   opts.parent_death_signal = 0;
-  CHECK(orphaned_child_status(opts, 300ms) == exit_status::exited(3));
+  CHECK(orphaned_child_status(opts, 300ms) == exit_status::from_code(3));
 }
 
 TEST_CASE("the child's signal mask is the forking thread's, with SIGPIPE blocked") {
@@ -657,7 +658,7 @@ TEST_CASE("the child's signal mask is the forking thread's, with SIGPIPE blocked
               (sigismember(&mask, SIGUSR2) == 1 ? 4 : 0);
   });
   ::pthread_sigmask(SIG_SETMASK, &saved, nullptr);
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(3));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(3));
 }
 
 TEST_CASE("a forked child can fork a child of its own, on an io_context of its own") {
@@ -670,7 +671,7 @@ TEST_CASE("a forked child can fork a child of its own, on an io_context of its o
     });
     co_return (co_await grandchild.async_wait(use_awaitable)).exit_code();
   });
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(21));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(21));
 }
 
 namespace {
@@ -720,7 +721,7 @@ TEST_CASE("a child forked while the background reaper runs starts its own to rea
   std::string report;
   run(io, [&]() -> awaitable<void> { report = co_await read_to_eof(reader); }());
   CHECK(report == "r");
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(0));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(0));
 }
 
 TEST_CASE("fork_child can be called from a coroutine running on the parent's io_context") {
@@ -733,7 +734,7 @@ TEST_CASE("fork_child can be called from a coroutine running on the parent's io_
                                   });
     co_return co_await c.async_wait(use_awaitable);
   }());
-  CHECK(st == exit_status::exited(11));
+  CHECK(st == exit_status::from_code(11));
 }
 
 TEST_CASE("a failing pidfd_open kills and reaps the new child and names the call") {
