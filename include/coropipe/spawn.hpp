@@ -162,7 +162,7 @@ public:
   /// No descriptor.
   passed_fds() noexcept = default;
   /// Takes the descriptors of @p fds.
-  passed_fds(std::vector<passed_fd> fds) noexcept : std::vector<passed_fd>(std::move(fds)) {}
+  passed_fds(std::vector<passed_fd> fds) noexcept { swap(fds); }
   /// Takes the descriptors of the list, in order: `{passed_fd{3, std::move(fd)}}`
   /// (or `{{3, std::move(fd)}}`).
   passed_fds(std::initializer_list<detail::passed_fd_init> fds) {
