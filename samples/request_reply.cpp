@@ -51,7 +51,7 @@ struct options {
 
 // [docs:rr-worker]
 // The child's end: it receives requests and sends replies.
-asio::awaitable<int> worker(coropipe::child_context& ctx, coropipe::channel<reply, request> ch, long long slow,
+asio::awaitable<int> worker(coropipe::child_context& ctx, coropipe::child_channel<request, reply> ch, long long slow,
                             std::chrono::nanoseconds pause_for, long long bad_frame) {
   asio::steady_timer pause(ctx.get_executor());
   while (std::optional<request> rq = co_await ch.async_receive(asio::use_awaitable)) {

@@ -2,7 +2,6 @@
 #include <coropipe/attach.hpp>
 
 #include <coropipe/error.hpp>
-#include <coropipe/fork.hpp>
 #include <coropipe/sigpipe.hpp>
 
 #include <fcntl.h>
@@ -51,10 +50,6 @@ asio::posix::stream_descriptor attach(const asio::any_io_executor& ex, unique_fd
 unique_fd release(asio::posix::stream_descriptor& stream) noexcept {
   if (!stream.is_open()) return unique_fd();
   return unique_fd(stream.release());
-}
-
-asio::posix::stream_descriptor child_context::attach(unique_fd fd) const {
-  return coropipe::attach(get_executor(), std::move(fd));
 }
 
 } // namespace coropipe

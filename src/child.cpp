@@ -24,7 +24,7 @@ exit_status status_from(const siginfo_t& info) noexcept {
   case CLD_DUMPED:
     return exit_status::killed(info.si_status, true);
   default:
-    return exit_status::exited(info.si_status);
+    return exit_status::from_code(info.si_status);
   }
 }
 

@@ -10,7 +10,7 @@ namespace coropipe {
 
 exit_status exit_status::from_wait_status(int wstatus) noexcept {
   if (WIFSIGNALED(wstatus)) return killed(WTERMSIG(wstatus), WCOREDUMP(wstatus));
-  return exited(WEXITSTATUS(wstatus));
+  return from_code(WEXITSTATUS(wstatus));
 }
 
 std::string exit_status::to_string() const {

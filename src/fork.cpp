@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
 #include <coropipe/fork.hpp>
 
+#include <coropipe/attach.hpp>
 #include <coropipe/error.hpp>
 #include <coropipe/sigpipe.hpp>
 
@@ -408,3 +409,11 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
 }
 
 } // namespace coropipe::detail
+
+namespace coropipe {
+
+asio::posix::stream_descriptor child_context::attach(unique_fd fd) const {
+  return coropipe::attach(get_executor(), std::move(fd));
+}
+
+} // namespace coropipe

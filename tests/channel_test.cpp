@@ -1048,10 +1048,35 @@ TEST_CASE("a timed-out receive between two channels: the value sent after the ti
 
 // --- fork_with_channel ----------------------------------------------------------------------------
 
+// child_channel<ToChild, FromChild> is the child's end of fork_with_channel<ToChild, FromChild>:
+// it sends FromChild and receives ToChild.
+static_assert(std::is_same_v<coropipe::child_channel<int, std::string>, coropipe::channel<std::string, int>>);
+static_assert(std::is_same_v<coropipe::child_channel<std::string>, coropipe::channel<std::string>>);
+
+TEST_CASE("fork_with_channel: the child's child_channel<ToChild, FromChild> receives ToChild and sends FromChild") {
+  asio::io_context io;
+  auto [ch, kid] = coropipe::fork_with_channel<std::int32_t, std::string>(
+      io, [](child_context&, coropipe::child_channel<std::int32_t, std::string> to_parent) -> awaitable<int> {
+        while (std::optional<std::int32_t> n = co_await to_parent.async_receive(use_awaitable))
+          co_await to_parent.async_send(std::to_string(*n * *n), use_awaitable);
+        co_return 0;
+      });
+  static_assert(std::is_same_v<decltype(ch), coropipe::channel<std::int32_t, std::string>>);  // the parent's
+  run(io, [&]() -> awaitable<void> {
+    const std::array<std::int32_t, 3> numbers{3, 12, -7};
+    for (std::int32_t n : numbers) {
+      co_await ch.async_send(n, use_awaitable);
+      CHECK(co_await ch.async_receive(use_awaitable) == std::optional<std::string>(std::to_string(n * n)));
+    }
+    co_await ch.async_close(use_awaitable);
+    CHECK(co_await kid.async_wait(use_awaitable) == exit_status::from_code(0));
+  }());
+}
+
 TEST_CASE("fork_with_channel: the child transforms what it receives, and the parent sees end of stream after it exits") {
   asio::io_context io;
   auto cc = coropipe::fork_with_channel<std::string>(
-      io, [](child_context&, coropipe::channel<std::string> ch) -> awaitable<int> {
+      io, [](child_context&, coropipe::child_channel<std::string> ch) -> awaitable<int> {
         int n = 0;
         while (std::optional<std::string> s = co_await ch.async_receive(use_awaitable)) {
           for (char& c : *s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
@@ -1085,7 +1110,7 @@ TEST_CASE("fork_with_channel: the child transforms what it receives, and the par
     co_await cc.channel.async_flush(use_awaitable);
     REQUIRE(::shutdown(cc.channel.framed().next_layer().native_handle(), SHUT_WR) == 0);
     const exit_status st = co_await cc.child.async_wait(use_awaitable);
-    CHECK(st == exit_status::exited(40));
+    CHECK(st == exit_status::from_code(40));
     // It has exited: its end is closed.
     CHECK_FALSE((co_await cc.channel.async_receive(use_awaitable)).has_value());
     CHECK_FALSE((co_await cc.channel.async_receive(use_awaitable)).has_value());
@@ -1103,7 +1128,7 @@ TEST_CASE("fork_with_channel: different types each way, arguments, fork_options,
   asio::io_context io;
   auto cc = coropipe::fork_with_channel<job, std::vector<std::int64_t>>(
       io, coropipe::fork_options{},
-      [](child_context&, coropipe::channel<std::vector<std::int64_t>, job> ch, std::int64_t factor,
+      [](child_context&, coropipe::child_channel<job, std::vector<std::int64_t>> ch, std::int64_t factor,
          std::string greeting) -> awaitable<void> {
         co_await ch.async_send(std::vector<std::int64_t>(greeting.begin(), greeting.end()), use_awaitable);
         while (std::optional<job> j = co_await ch.async_receive(use_awaitable)) {
@@ -1133,7 +1158,7 @@ TEST_CASE("fork_with_channel: different types each way, arguments, fork_options,
     auto end = co_await cc.channel.async_receive(use_awaitable);
     CHECK_FALSE(end.has_value());
     const exit_status st = co_await cc.child.async_wait(use_awaitable);
-    CHECK(st == exit_status::exited(0));
+    CHECK(st == exit_status::from_code(0));
   }());
 }
 
@@ -1142,7 +1167,7 @@ TEST_CASE("fork_with_channel: the parent's channel destroyed with values queued:
   asio::io_context io;
   constexpr std::uint32_t count = 2000;
   auto cc = coropipe::fork_with_channel<record, std::int32_t>(
-      io, [](child_context&, coropipe::channel<std::int32_t, record> ch) -> awaitable<int> {
+      io, [](child_context&, coropipe::child_channel<record, std::int32_t> ch) -> awaitable<int> {
         std::uint32_t expected = 0;
         while (std::optional<record> r = co_await ch.async_receive(use_awaitable)) {
           if (*r != make_record(2, expected)) co_return 1;  // wrong or out of order
@@ -1157,7 +1182,7 @@ TEST_CASE("fork_with_channel: the parent's channel destroyed with values queued:
     }());
   }  // destroyed: what is still queued is written in the background, then the end
   const exit_status st = run(io, cc.child.async_wait(use_awaitable));
-  CHECK(st == exit_status::exited(static_cast<int>(count / 10)));
+  CHECK(st == exit_status::from_code(static_cast<int>(count / 10)));
 }
 
 // --- Many senders --------------------------------------------------------------------------------

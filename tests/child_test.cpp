@@ -89,13 +89,13 @@ TEST_CASE("adopt() takes a child of this process and async_wait reaps it with it
   CHECK(c.valid());
   CHECK(c.mechanism() == coropipe::wait_mechanism::pidfd);
   const pid_t pid = c.pid();
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(9));
-  CHECK(c.status() == exit_status::exited(9));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(9));
+  CHECK(c.status() == exit_status::from_code(9));
   CHECK(c.pid() == pid);
   CHECK(coropipe_test::process_state(pid) == 0);  // reaped: no zombie
   // Waiting again gives the same status; signalling a reaped child is a no-op.
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(9));
-  CHECK(c.wait() == exit_status::exited(9));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(9));
+  CHECK(c.wait() == exit_status::from_code(9));
   CHECK_NOTHROW(c.kill());
 }
 
@@ -117,11 +117,11 @@ TEST_CASE("the status tells an exit code from a signal") {
   child a = child::adopt(io.get_executor(), sleeper(0ms, 9));
   child b = child::adopt(io.get_executor(), sleeper(60s, 0));
   b.kill();
-  CHECK(run(io, a.async_wait(use_awaitable)) == exit_status::exited(9));
+  CHECK(run(io, a.async_wait(use_awaitable)) == exit_status::from_code(9));
   const exit_status killed = run(io, b.async_wait(use_awaitable));
   CHECK(killed == exit_status::killed(SIGKILL));
   CHECK(killed.to_string() == "killed by SIGKILL");
-  CHECK(killed != exit_status::exited(9));
+  CHECK(killed != exit_status::from_code(9));
 }
 
 TEST_CASE("async_wait does not block the io_context thread") {
@@ -141,7 +141,7 @@ TEST_CASE("async_wait does not block the io_context thread") {
     co_await (c.async_wait(use_awaitable) || ticker());
   }());
   CHECK(ticks >= 3);
-  CHECK(c.status() == exit_status::exited(0));
+  CHECK(c.status() == exit_status::from_code(0));
 }
 
 TEST_CASE("a cancelled wait leaves the child running and waitable") {
@@ -185,7 +185,7 @@ TEST_CASE("a callback completion is never invoked inside async_wait") {
   CHECK_FALSE(called);
   io.run();
   CHECK(called);
-  CHECK(got == exit_status::exited(4));
+  CHECK(got == exit_status::from_code(4));
 }
 
 TEST_CASE("two concurrent waits both get the status") {
@@ -194,8 +194,8 @@ TEST_CASE("two concurrent waits both get the status") {
   auto [a, b] = run(io, [&]() -> awaitable<std::tuple<exit_status, exit_status>> {
     co_return co_await (c.async_wait(use_awaitable) && c.async_wait(use_awaitable));
   }());
-  CHECK(a == exit_status::exited(6));
-  CHECK(b == exit_status::exited(6));
+  CHECK(a == exit_status::from_code(6));
+  CHECK(b == exit_status::from_code(6));
 }
 
 TEST_CASE("async_stop: a child that honours SIGTERM ends by it") {
@@ -248,8 +248,8 @@ TEST_CASE("move-assigning over a running child kills and reaps it; moves keep wa
   CHECK_FALSE(a.valid());  // NOLINT(bugprone-use-after-move): documented state
   io.run();
   CHECK(done);
-  CHECK(got == exit_status::exited(2));
-  CHECK(b.status() == exit_status::exited(2));
+  CHECK(got == exit_status::from_code(2));
+  CHECK(b.status() == exit_status::from_code(2));
 }
 
 TEST_CASE("detach() lets the child run on and reaps it in the background") {
@@ -299,8 +299,8 @@ TEST_CASE("wait() and try_wait() block and poll") {
   asio::io_context io;
   child c = child::adopt(io.get_executor(), sleeper(100ms, 3));
   CHECK_FALSE(c.try_wait());
-  CHECK(c.wait() == exit_status::exited(3));
-  CHECK(c.try_wait() == exit_status::exited(3));
+  CHECK(c.wait() == exit_status::from_code(3));
+  CHECK(c.try_wait() == exit_status::from_code(3));
 }
 
 TEST_CASE("signal() delivers any signal") {
@@ -326,7 +326,7 @@ TEST_CASE("without pidfds, waits poll and still work (the documented fallback)")
   asio::io_context io;
   child c = child::adopt(io.get_executor(), sleeper(30ms, 8));
   CHECK(c.mechanism() == coropipe::wait_mechanism::poll);
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(8));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(8));
 
   child d = child::adopt(io.get_executor(), stubborn());
   CHECK(run(io, d.async_stop(50ms, use_awaitable)) == exit_status::killed(SIGKILL));

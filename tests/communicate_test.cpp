@@ -50,12 +50,12 @@ TEST_CASE("async_communicate: input in, output out, status") {
   const communicate_result r = run(io, coropipe::async_communicate(p, "some input\n", use_awaitable));
   CHECK(r.out == "some input\n");
   CHECK(r.err == "done\n");
-  CHECK(r.status == exit_status::exited(3));
+  CHECK(r.status == exit_status::from_code(3));
   CHECK_FALSE(r.out_truncated);
   CHECK_FALSE(r.err_truncated);
   // The pipes are closed and the program reaped.
   CHECK_FALSE(p.stdout_pipe().is_open());
-  CHECK(p.status() == exit_status::exited(3));
+  CHECK(p.status() == exit_status::from_code(3));
 }
 
 TEST_CASE("32 MiB each way through cat, checked byte for byte (no deadlock)") {
@@ -127,7 +127,7 @@ TEST_CASE("what the program prints while it is being stopped is kept") {
   const auto [ec, r] = run(io, coropipe::async_communicate(p, "", {.timeout = 300ms, .grace = 10s}, as_tuple));
   CHECK(ec == asio::error::timed_out);
   CHECK(r.out == "ready\ngot TERM\n");
-  CHECK(r.status == exit_status::exited(0));
+  CHECK(r.status == exit_status::from_code(0));
 }
 
 TEST_CASE("cancellation stops the program; a parallel_group gets the partial result") {
@@ -197,7 +197,7 @@ TEST_CASE("streams that are not pipes are left alone; input needs a stdin pipe")
   asio::io_context io;
   process p = coropipe::spawn(io, {.argv = {"sh", "-c", "exit 3"}});
   const communicate_result r = run(io, coropipe::async_communicate(p, "", use_awaitable));
-  CHECK(r.status == exit_status::exited(3));
+  CHECK(r.status == exit_status::from_code(3));
   CHECK(r.out.empty());
 
   process q = coropipe::spawn(io, {.argv = {"true"}, .out = stdio::pipe()});

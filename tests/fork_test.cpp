@@ -25,6 +25,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 
 using namespace std::chrono_literals;
 using asio::awaitable;
@@ -50,6 +51,12 @@ awaitable<std::string> read_to_eof(asio::posix::stream_descriptor& in) {
   }
 }
 
+// fork_child(io, args...) compiles.
+template <typename... Args>
+concept forkable = requires(asio::io_context& io, Args&&... args) {
+  coropipe::fork_child(io, std::forward<Args>(args)...);
+};
+
 } // namespace
 
 TEST_CASE("a forked child's coroutine writes through a pipe and its result is the exit code") {
@@ -73,8 +80,8 @@ TEST_CASE("a forked child's coroutine writes through a pipe and its result is th
     co_return std::pair{t, st};
   }());
   CHECK(text == "hello from the child");
-  CHECK(status == exit_status::exited(42));
-  CHECK(c.status() == exit_status::exited(42));
+  CHECK(status == exit_status::from_code(42));
+  CHECK(c.status() == exit_status::from_code(42));
 }
 
 TEST_CASE("a child whose coroutine returns awaitable<void> exits with 0") {
@@ -83,7 +90,7 @@ TEST_CASE("a child whose coroutine returns awaitable<void> exits with 0") {
     asio::steady_timer t(ctx.get_executor(), 1ms);
     co_await t.async_wait(use_awaitable);
   });
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(0));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(0));
 }
 
 TEST_CASE("an exception escaping the child's coroutine is printed on stderr and exits 1") {
@@ -100,7 +107,7 @@ TEST_CASE("an exception escaping the child's coroutine is printed on stderr and 
   const std::string text = coropipe_test::read_all(err_in.get());
   CHECK(text.find("uncaught exception: the child gave up") != std::string::npos);
   CHECK(text.find("forked child " + std::to_string(c.pid())) != std::string::npos);
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(1));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(1));
 }
 
 TEST_CASE("the parent reads a clean end of stream when the child exits") {
@@ -133,7 +140,7 @@ TEST_CASE("the child's write fails with broken_pipe once the parent's reader is 
   in.reset();      // the parent's reader is gone...
   go_out.reset();  // ...and the child learns it may write now
   // 7: broken_pipe, not death by SIGPIPE (which would read "killed by SIGPIPE").
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(7));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(7));
 }
 
 TEST_CASE("descriptors: the child keeps only 0-2, what it was handed, and non-cloexec ones") {
@@ -209,7 +216,7 @@ TEST_CASE("descriptors: high numbers are found in a grown table, even above the 
       const bool kept = ::fcntl(inheritable, F_GETFD) >= 0;
       co_return (closed ? 0 : 1) + (kept ? 0 : 2);
     });
-    CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(0));
+    CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(0));
   };
   child_sees("default limit");
 
@@ -246,7 +253,7 @@ TEST_CASE("each child closes the other children's pipes, so every stream ends on
   }
   for (int i = 1; i < 4; ++i) {
     CHECK(run(io, read_to_eof(readers[static_cast<std::size_t>(i)]), 20s) == "child " + std::to_string(i));
-    CHECK(run(io, kids[static_cast<std::size_t>(i)].async_wait(use_awaitable)) == exit_status::exited(i));
+    CHECK(run(io, kids[static_cast<std::size_t>(i)].async_wait(use_awaitable)) == exit_status::from_code(i));
   }
   // The lingering one is killed and reaped by its handle's destructor.
   const pid_t first = kids[0].pid();
@@ -282,8 +289,70 @@ TEST_CASE("fork_child refuses a process with several threads, and allow_threads 
   coropipe::fork_options opts;
   opts.allow_threads = true;
   auto allowed = coropipe::fork_child(io, opts, body);
-  CHECK(run(io, allowed.async_wait(use_awaitable)) == exit_status::exited(5));
+  CHECK(run(io, allowed.async_wait(use_awaitable)) == exit_status::from_code(5));
 
+  {
+    std::lock_guard lock(m);
+    stop = true;
+  }
+  cv.notify_one();
+  t.join();
+}
+
+TEST_CASE("the error_code form of fork_child takes the throwing form's default options") {
+  asio::io_context io;
+  auto body = [](child_context& ctx, unique_fd out, int code) -> awaitable<int> {
+    auto w = ctx.attach(std::move(out));
+    co_await asio::async_write(w, asio::buffer("hi", 2), use_awaitable);
+    co_return code;
+  };
+  {
+    auto [in, out] = coropipe::pipe();
+    coropipe::error_code ec = coropipe::errc::no_child;  // cleared on success
+    coropipe::child c = coropipe::fork_child(io, body, std::move(out), 7, ec);
+    CHECK_FALSE(ec);
+    REQUIRE(c.valid());
+    CHECK_FALSE(out);  // handed to the child, closed here
+    auto r = coropipe::attach(io, std::move(in));
+    CHECK(run(io, read_to_eof(r)) == "hi");
+    CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(7));
+  }
+
+  // An error_code the child takes: a trailing non-const lvalue is always the
+  // caller's (the error_code form); an rvalue or a const lvalue goes to the child.
+  auto echo_code = [](child_context&, coropipe::error_code e) -> awaitable<int> { co_return e.value(); };
+  const coropipe::error_code for_child(42, coropipe::system_category());
+  coropipe::error_code ec;
+  coropipe::child by_value = coropipe::fork_child(io, echo_code, for_child, ec);
+  CHECK_FALSE(ec);
+  CHECK(run(io, by_value.async_wait(use_awaitable)) == exit_status::from_code(42));
+  coropipe::child by_rvalue =
+      coropipe::fork_child(io, echo_code, coropipe::error_code(43, coropipe::system_category()));
+  CHECK(run(io, by_rvalue.async_wait(use_awaitable)) == exit_status::from_code(43));
+  using echo_code_fn = decltype(echo_code)&;
+  static_assert(!forkable<echo_code_fn, coropipe::error_code&>,
+                "a lone error_code& is the caller's, not the child's argument");
+  static_assert(forkable<echo_code_fn, const coropipe::error_code&>);
+  static_assert(forkable<echo_code_fn, coropipe::error_code>);
+  static_assert(forkable<echo_code_fn, const coropipe::error_code&, coropipe::error_code&>);
+
+  // With the default options, a threaded process is refused through ec.
+  std::mutex m;
+  std::condition_variable cv;
+  bool stop = false;
+  std::thread t([&] {
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return stop; });
+  });
+  const auto before = coropipe_test::open_fds();
+  {
+    auto [in, out] = coropipe::pipe();
+    in.reset();
+    coropipe::child refused = coropipe::fork_child(io, body, std::move(out), 7, ec);
+    CHECK(ec == coropipe::errc::fork_in_threaded_process);
+    CHECK_FALSE(refused.valid());
+  }
+  CHECK(coropipe_test::open_fds() == before);  // the argument's descriptor was closed
   {
     std::lock_guard lock(m);
     stop = true;
@@ -312,7 +381,7 @@ TEST_CASE("with allow_threads, several threads can make a process's first forks 
         }
         auto c = coropipe::fork_child(io, opts, [](child_context&, int code) -> awaitable<int> { co_return code; },
                                       10 + i);
-        if (c.wait() == exit_status::exited(10 + i)) good.fetch_add(1);
+        if (c.wait() == exit_status::from_code(10 + i)) good.fetch_add(1);
       });
     }
     for (auto& t : pool) t.join();
@@ -320,7 +389,7 @@ TEST_CASE("with allow_threads, several threads can make a process's first forks 
   });
   auto status = coropipe_test::wait_for_pid(middle, 60s);
   REQUIRE(status);
-  CHECK(exit_status::from_wait_status(*status) == exit_status::exited(0));
+  CHECK(exit_status::from_wait_status(*status) == exit_status::from_code(0));
 }
 
 TEST_CASE("stdio buffered before the fork is printed once") {
@@ -344,7 +413,7 @@ TEST_CASE("stdio buffered before the fork is printed once") {
   const std::string text = coropipe_test::read_all(in.get());
   auto status = coropipe_test::wait_for_pid(pid, 30s);
   REQUIRE(status);
-  CHECK(exit_status::from_wait_status(*status) == exit_status::exited(0));
+  CHECK(exit_status::from_wait_status(*status) == exit_status::from_code(0));
   CHECK(text == "before the fork;child;parent;");
 }
 
@@ -374,7 +443,7 @@ std::string iostream_output_around_a_fork(bool synced_with_stdio) {
   std::string text = coropipe_test::read_all(in.get());
   auto status = coropipe_test::wait_for_pid(pid, 30s);
   REQUIRE(status);
-  CHECK(exit_status::from_wait_status(*status) == exit_status::exited(0));
+  CHECK(exit_status::from_wait_status(*status) == exit_status::from_code(0));
   return text;
 }
 
@@ -479,12 +548,12 @@ TEST_CASE("a /proc/self/status longer than one read still gives the thread count
   for (const bool cut_in_sigcgt : {false, true}) {
     CAPTURE(cut_in_sigcgt);
     const exit_status st = long_status_scenario(cut_in_sigcgt);
-    if (st == exit_status::exited(77)) {
+    if (st == exit_status::from_code(77)) {
       MESSAGE("skipped: setgroups() is not permitted here");
       return;
     }
     CAPTURE(st.exit_code());  // 10 to 14: the step that failed
-    CHECK(st == exit_status::exited(0));
+    CHECK(st == exit_status::from_code(0));
   }
 }
 
@@ -550,7 +619,7 @@ exit_status orphaned_child_status(const coropipe::fork_options& opts, std::chron
   REQUIRE(::read(in.get(), &grandchild, sizeof grandchild) == sizeof grandchild);
   auto middle_status = coropipe_test::wait_for_pid(middle, 30s);
   REQUIRE(middle_status);
-  REQUIRE(exit_status::from_wait_status(*middle_status) == exit_status::exited(0));
+  REQUIRE(exit_status::from_wait_status(*middle_status) == exit_status::from_code(0));
   auto status = coropipe_test::wait_for_pid(grandchild, 30s);
   REQUIRE(status);
   return exit_status::from_wait_status(*status);
@@ -565,7 +634,7 @@ TEST_CASE("a child gets SIGKILL when the thread that forked it ends") {
 TEST_CASE("parent_death_signal 0 lets the child outlive the forking thread") {
   coropipe::fork_options opts;
   opts.parent_death_signal = 0;
-  CHECK(orphaned_child_status(opts, 300ms) == exit_status::exited(3));
+  CHECK(orphaned_child_status(opts, 300ms) == exit_status::from_code(3));
 }
 
 TEST_CASE("the child's signal mask is the forking thread's, with SIGPIPE blocked") {
@@ -589,7 +658,7 @@ TEST_CASE("the child's signal mask is the forking thread's, with SIGPIPE blocked
               (sigismember(&mask, SIGUSR2) == 1 ? 4 : 0);
   });
   ::pthread_sigmask(SIG_SETMASK, &saved, nullptr);
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(3));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(3));
 }
 
 TEST_CASE("a forked child can fork a child of its own, on an io_context of its own") {
@@ -602,7 +671,7 @@ TEST_CASE("a forked child can fork a child of its own, on an io_context of its o
     });
     co_return (co_await grandchild.async_wait(use_awaitable)).exit_code();
   });
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(21));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(21));
 }
 
 namespace {
@@ -652,7 +721,7 @@ TEST_CASE("a child forked while the background reaper runs starts its own to rea
   std::string report;
   run(io, [&]() -> awaitable<void> { report = co_await read_to_eof(reader); }());
   CHECK(report == "r");
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::exited(0));
+  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(0));
 }
 
 TEST_CASE("fork_child can be called from a coroutine running on the parent's io_context") {
@@ -665,7 +734,7 @@ TEST_CASE("fork_child can be called from a coroutine running on the parent's io_
                                   });
     co_return co_await c.async_wait(use_awaitable);
   }());
-  CHECK(st == exit_status::exited(11));
+  CHECK(st == exit_status::from_code(11));
 }
 
 TEST_CASE("a failing pidfd_open kills and reaps the new child and names the call") {

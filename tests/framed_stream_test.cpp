@@ -182,7 +182,7 @@ awaitable<void> round_trip(framed_stream<Stream>& tx, framed_stream<Stream>& rx,
   auto end = co_await rx.async_receive(use_awaitable);
   CHECK_FALSE(end.has_value());
   const exit_status st = co_await c.async_wait(use_awaitable);
-  CHECK(st == exit_status::exited(static_cast<int>(round_trip_sizes.size())));
+  CHECK(st == exit_status::from_code(static_cast<int>(round_trip_sizes.size())));
 }
 
 } // namespace

@@ -85,8 +85,8 @@ TEST_CASE("yes | head -n 3: each stage's status, like PIPESTATUS, and the pipefa
   CHECK(out == "y\ny\ny\n");
   REQUIRE(st.stages.size() == 2);
   CHECK(st.stages[0] == exit_status::killed(SIGPIPE));
-  CHECK(st.stages[1] == exit_status::exited(0));
-  CHECK(st.last() == exit_status::exited(0));
+  CHECK(st.stages[1] == exit_status::from_code(0));
+  CHECK(st.last() == exit_status::from_code(0));
   CHECK(st.pipefail() == exit_status::killed(SIGPIPE));
   CHECK(st.pipefail().shell_code() == 141);
   CHECK_FALSE(st.success());
@@ -136,18 +136,18 @@ TEST_CASE("a failing stage does not hang the others") {
     pipeline p = coropipe::spawn(io, spawn_options{.argv = {"yes"}} | spawn_options{.argv = {"false"}});
     const pipeline_status st = run(io, p.async_wait(use_awaitable), 30s);
     CHECK(st.stages[0] == exit_status::killed(SIGPIPE));
-    CHECK(st.stages[1] == exit_status::exited(1));
-    CHECK(st.pipefail() == exit_status::exited(1));
+    CHECK(st.stages[1] == exit_status::from_code(1));
+    CHECK(st.pipefail() == exit_status::from_code(1));
   }
   {
     pipeline p = coropipe::spawn(io, spawn_options{.argv = {"sh", "-c", "exit 3"}} |
                                          spawn_options{.argv = {"cat"}, .out = stdio::pipe()});
     const auto [out, st] = feed(io, p, "");
     CHECK(out.empty());
-    CHECK(st.stages[0] == exit_status::exited(3));
-    CHECK(st.stages[1] == exit_status::exited(0));
+    CHECK(st.stages[0] == exit_status::from_code(3));
+    CHECK(st.stages[1] == exit_status::from_code(0));
     CHECK(st.last().success());
-    CHECK(st.pipefail() == exit_status::exited(3));
+    CHECK(st.pipefail() == exit_status::from_code(3));
   }
 }
 
@@ -160,7 +160,7 @@ TEST_CASE("each stage's stderr is its own; the stages are processes") {
   CHECK(err == "to-stderr\n");
   CHECK(out == "to-stdout\n");
   CHECK(st.success());
-  CHECK(p.stages()[0].status() == exit_status::exited(0));
+  CHECK(p.stages()[0].status() == exit_status::from_code(0));
 }
 
 TEST_CASE("a stage that cannot be started: the error names it, and the stages already started are killed and reaped") {
@@ -252,11 +252,11 @@ TEST_CASE("pipeline_status: last, pipefail, success") {
   CHECK(st.success());
   CHECK(st.last().success());
   CHECK(st.pipefail().success());
-  st.stages = {exit_status::exited(2), exit_status::killed(SIGPIPE), exit_status::exited(0)};
-  CHECK(st.last() == exit_status::exited(0));
+  st.stages = {exit_status::from_code(2), exit_status::killed(SIGPIPE), exit_status::from_code(0)};
+  CHECK(st.last() == exit_status::from_code(0));
   CHECK(st.pipefail() == exit_status::killed(SIGPIPE));
   CHECK_FALSE(st.success());
-  st.stages = {exit_status::exited(0), exit_status::exited(0)};
+  st.stages = {exit_status::from_code(0), exit_status::from_code(0)};
   CHECK(st.pipefail().success());
   CHECK(st.success());
 }
@@ -276,5 +276,5 @@ TEST_CASE("an empty pipeline, and a pipeline of one stage") {
   pipeline_options one;
   one.stages.push_back(spawn_options{.argv = {"sh", "-c", "exit 5"}});
   pipeline p = coropipe::spawn(io, std::move(one));
-  CHECK(run(io, p.async_wait(use_awaitable)).pipefail() == exit_status::exited(5));
+  CHECK(run(io, p.async_wait(use_awaitable)).pipefail() == exit_status::from_code(5));
 }

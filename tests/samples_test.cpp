@@ -81,7 +81,7 @@ TEST_CASE("spam --count: the seed's output, line for line, then exit 0") {
   const pid_t pid = p.pid;
   const auto r = finish_program(p);
   const double end = samples::unix_time();
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.err.empty());
   const auto lines = parse_spam(r.out);
   REQUIRE_FALSE(lines.empty());
@@ -105,7 +105,7 @@ TEST_CASE("spam --count: the seed's output, line for line, then exit 0") {
 
 TEST_CASE("spam --read-size: smaller reads split the messages") {
   const auto r = run_program({spam, "--count", "3", "--tick", "1ms", "--read-size", "4"});
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   std::string all;
   for (const auto& l : parse_spam(r.out)) {
     CHECK(l.payload.size() <= 4);
@@ -116,14 +116,14 @@ TEST_CASE("spam --read-size: smaller reads split the messages") {
 
 TEST_CASE("spam --count 0: nothing sent, clean end") {
   const auto r = run_program({spam, "--count=0"});
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out.empty());
   CHECK(r.err.empty());
 }
 
 TEST_CASE("spam --help prints the usage on stdout") {
   const auto r = run_program({spam, "--help"});
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out.find("usage: spam") == 0);
   CHECK(r.err.empty());
 }
@@ -138,7 +138,7 @@ TEST_CASE("spam: a bad flag or value gives one line and the usage on stderr, exi
     argv.insert(argv.end(), args.begin(), args.end());
     const auto r = run_program(argv);
     INFO("args: " << args.front() << (args.size() > 1 ? " " + args[1] : ""));
-    CHECK(status_of(r) == exit_status::exited(2));
+    CHECK(status_of(r) == exit_status::from_code(2));
     CHECK(r.out.empty());
     CHECK(r.err.find("spam: ") == 0);
     const auto eol = r.err.find('\n');
@@ -188,7 +188,7 @@ TEST_CASE("spam: a child killed by a signal is reported on stderr, exit 1") {
   running_spam s;
   ::kill(s.child, SIGKILL);
   const auto r = finish_program(s.p, 10s);
-  CHECK(status_of(r) == exit_status::exited(1));
+  CHECK(status_of(r) == exit_status::from_code(1));
   CHECK(r.err == "spam: child " + std::to_string(s.child) + " killed by SIGKILL\n");
 }
 
@@ -197,7 +197,7 @@ TEST_CASE("spam: when its reader goes away it stops quietly, like a SIGPIPE'd pr
   ::close(s.p.out);  // spam | head -1
   s.p.out = -1;
   const auto r = finish_program(s.p, 10s);
-  CHECK(status_of(r) == exit_status::exited(128 + SIGPIPE));
+  CHECK(status_of(r) == exit_status::from_code(128 + SIGPIPE));
   CHECK(r.err.empty());
   CHECK(coropipe_test::process_state(s.child) == 0);
 }
@@ -207,7 +207,7 @@ TEST_CASE("spam_messages: one line per message, never coalesced") {
   auto p = start_program({spam_messages, "--count", "11", "--tick", "0s"});
   const pid_t pid = p.pid;
   const auto r = finish_program(p);
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.err.empty());
   const auto lines = parse_spam(r.out);
   REQUIRE(lines.size() == 11);
@@ -219,7 +219,7 @@ TEST_CASE("spam_messages: one line per message, never coalesced") {
 
 TEST_CASE("spam_messages: same flags as spam, same handling of signals and bad flags") {
   const auto bad = run_program({spam_messages, "--tick", "1x"});
-  CHECK(status_of(bad) == exit_status::exited(2));
+  CHECK(status_of(bad) == exit_status::from_code(2));
   CHECK(bad.out.empty());
   CHECK(bad.err.find("spam_messages: ") == 0);
   running_spam s(spam_messages);
@@ -238,7 +238,7 @@ TEST_CASE("echo_worker: a Python program drives it through multiprocessing.conne
   const auto r = run_program({python, echo_client, echo_worker, "0", "1", "6", "4096", "65536", "1048576", "16777216"},
                              120s);
   INFO("stderr: " << r.err);
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out ==
         "echoed 0 bytes\nechoed 1 bytes\nechoed 6 bytes\nechoed 4096 bytes\nechoed 65536 bytes\n"
         "echoed 1048576 bytes\nechoed 16777216 bytes\nworker exited with 0\n");
@@ -247,35 +247,35 @@ TEST_CASE("echo_worker: a Python program drives it through multiprocessing.conne
 TEST_CASE("echo_worker: frames in, the same frames out; bad frames are refused") {
   const std::string two_frames("\0\0\0\x06Spam 0\0\0\0\0", 14);
   auto r = coropipe_test::run_program_with_input({echo_worker}, two_frames);
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out == two_frames);
 
   r = coropipe_test::run_program_with_input({echo_worker}, std::string("\x80\0\0\x01x", 5));
-  CHECK(status_of(r) == exit_status::exited(1));
+  CHECK(status_of(r) == exit_status::from_code(1));
   CHECK(r.err.find("malformed frame header") != std::string::npos);
 
   r = coropipe_test::run_program_with_input({echo_worker}, std::string("\0\0\0\x09Spam", 8));
-  CHECK(status_of(r) == exit_status::exited(1));
+  CHECK(status_of(r) == exit_status::from_code(1));
   CHECK(r.err.find("stream ended in the middle of a message") != std::string::npos);
 
   r = coropipe_test::run_program_with_input({echo_worker, "--max-message-size", "3"}, two_frames);
-  CHECK(status_of(r) == exit_status::exited(1));
+  CHECK(status_of(r) == exit_status::from_code(1));
   CHECK(r.err.find("larger than the receiver's limit") != std::string::npos);
 
   r = run_program({echo_worker, "--bogus"});
-  CHECK(status_of(r) == exit_status::exited(2));
+  CHECK(status_of(r) == exit_status::from_code(2));
 }
 
 TEST_CASE("request_reply: every request answered by the forked worker") {
   const auto r = run_program({request_reply, "--count", "5"});
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out == "7 squared is 49\n8 squared is 64\n9 squared is 81\n10 squared is 100\n11 squared is 121\n"
                  "worker exited with 0\n");
 }
 
 TEST_CASE("request_reply: a slow answer times out, and arrives late to be dropped") {
   const auto r = run_program({request_reply, "--count", "3", "--slow", "2", "--timeout", "300ms"});
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   INFO("output: " << r.out);
   CHECK(r.out.find("7 squared is 49\nrequest 2 timed out\n") == 0);
   CHECK(r.out.find("late reply to request 2 dropped\n") != std::string::npos);
@@ -290,7 +290,7 @@ TEST_CASE("request_reply: a bad frame is reported at once as the receive's error
   const auto r = run_program({request_reply, "--count", "4", "--bad-frame", "2", "--timeout", "120s"}, 60s);
   const auto took = std::chrono::steady_clock::now() - start;
   INFO("output: " << r.out << "stderr: " << r.err);
-  CHECK(status_of(r) == exit_status::exited(1));
+  CHECK(status_of(r) == exit_status::from_code(1));
   // Framing errors are sticky: it stops asking after the first one.
   CHECK(r.out == "7 squared is 49\nrequest 2 failed: malformed frame header\nworker exited with 0\n");
   CHECK(took < 60s);
@@ -298,7 +298,7 @@ TEST_CASE("request_reply: a bad frame is reported at once as the receive's error
 
 TEST_CASE("request_reply: bad flags") {
   const auto r = run_program({request_reply, "--count"});
-  CHECK(status_of(r) == exit_status::exited(2));
+  CHECK(status_of(r) == exit_status::from_code(2));
   CHECK(r.out.empty());
 }
 
@@ -318,7 +318,7 @@ coropipe_test::program_result run_with_input(const std::vector<std::string>& arg
 
 TEST_CASE("run_capture: stdout and stderr labelled, then the status; its exit code is the program's") {
   const auto r = run_program({run_capture, "sh", "-c", "echo hello; echo oops >&2; printf 'no newline'; exit 3"});
-  CHECK(status_of(r) == exit_status::exited(3));
+  CHECK(status_of(r) == exit_status::from_code(3));
   CHECK(r.out ==
         "== stdout (16 bytes) ==\nhello\nno newline\n"
         "== stderr (5 bytes) ==\noops\n"
@@ -328,7 +328,7 @@ TEST_CASE("run_capture: stdout and stderr labelled, then the status; its exit co
 
 TEST_CASE("run_capture: a program killed by a signal gives 128 + the signal") {
   const auto r = run_program({run_capture, "sh", "-c", "kill -TERM $$"});
-  CHECK(status_of(r) == exit_status::exited(128 + SIGTERM));
+  CHECK(status_of(r) == exit_status::from_code(128 + SIGTERM));
   CHECK(r.out.find("== killed by SIGTERM ==\n") != std::string::npos);
 }
 
@@ -336,24 +336,24 @@ TEST_CASE("run_capture: stdout and stderr are captured concurrently") {
   // 1 MB on stderr before anything on stdout: a reader waiting for the end of
   // stdout first would never see it.
   const auto r = run_program({run_capture, "sh", "-c", "head -c 1000000 /dev/zero >&2; echo done"});
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out.find("== stdout (5 bytes) ==\ndone\n== stderr (1000000 bytes) ==\n") == 0);
 }
 
 TEST_CASE("run_capture: the program reads run_capture's stdin") {
   const auto r = run_with_input({run_capture, "tr", "a-z", "A-Z"}, "shout\n");
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out.find("== stdout (6 bytes) ==\nSHOUT\n") == 0);
 }
 
 TEST_CASE("run_capture: usage errors exit 2; a program that cannot start exits 127 or 126 with the reason") {
   const auto usage = run_program({run_capture});
-  CHECK(status_of(usage) == exit_status::exited(2));
+  CHECK(status_of(usage) == exit_status::from_code(2));
   CHECK(usage.err.find("usage: run_capture") == 0);
   CHECK(usage.out.empty());
 
   const auto missing = run_program({run_capture, "no-such-program-coropipe"});
-  CHECK(status_of(missing) == exit_status::exited(127));
+  CHECK(status_of(missing) == exit_status::from_code(127));
   CHECK(missing.err ==
         "run_capture: coropipe::spawn: execve no-such-program-coropipe: No such file or directory\n");
 
@@ -363,13 +363,13 @@ TEST_CASE("run_capture: usage errors exit 2; a program that cannot start exits 1
   ::close(fd);
   const auto denied = run_program({run_capture, path});
   ::unlink(path);
-  CHECK(status_of(denied) == exit_status::exited(126));
+  CHECK(status_of(denied) == exit_status::from_code(126));
   CHECK(denied.err == "run_capture: coropipe::spawn: execve " + std::string(path) + ": Permission denied\n");
 }
 
 TEST_CASE("pipeline: stdin through the stages to stdout; every stage's status on stderr") {
   const auto r = run_with_input({pipeline, "sort", "|", "uniq", "-c", "|", "sort", "-rn"}, "b\na\nb\n");
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out == "      2 b\n      1 a\n");
   CHECK(r.err ==
         "pipeline: stage 0 (sort): exited with 0\n"
@@ -400,7 +400,7 @@ TEST_CASE("pipeline: the exit status is that of bash's set -o pipefail") {
     CHECK(ours.out == bash.out);
   }
   const auto r = run_program({pipeline, "yes", "|", "head", "-n", "2"});
-  CHECK(status_of(r) == exit_status::exited(141));
+  CHECK(status_of(r) == exit_status::from_code(141));
   CHECK(r.out == "y\ny\n");
   CHECK(r.err == "pipeline: stage 0 (yes): killed by SIGPIPE\npipeline: stage 1 (head): exited with 0\n");
 }
@@ -424,11 +424,11 @@ TEST_CASE("pipeline: usage errors exit 2; a stage that cannot start exits 127 wi
     std::vector<std::string> argv{pipeline};
     argv.insert(argv.end(), args.begin(), args.end());
     const auto r = run_program(argv);
-    CHECK(status_of(r) == exit_status::exited(2));
+    CHECK(status_of(r) == exit_status::from_code(2));
     CHECK(r.err.find("usage: pipeline") == 0);
   }
   const auto r = run_program({pipeline, "true", "|", "no-such-program-coropipe"});
-  CHECK(status_of(r) == exit_status::exited(127));
+  CHECK(status_of(r) == exit_status::from_code(127));
   CHECK(r.err ==
         "pipeline: coropipe::spawn: stage 1 (no-such-program-coropipe): execve no-such-program-coropipe: "
         "No such file or directory\n");
@@ -437,20 +437,20 @@ TEST_CASE("pipeline: usage errors exit 2; a stage that cannot start exits 127 wi
 TEST_CASE("program_snippets: the chapter 3 examples that need only standard programs run") {
   const auto r = run_program({COROPIPE_SAMPLE_PROGRAM_SNIPPETS});
   INFO("stderr: " << r.err);
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out == "communicate: exited with 0\npipeline:       2 b\n      1 a\n");
 }
 
 TEST_CASE("hello: the README's program prints what its child wrote and how the child ended") {
   const auto r = run_program({COROPIPE_SAMPLE_HELLO});
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out == "child says: Hello from the child\nchild exited with 0\n");
   CHECK(r.err.empty());
 }
 
 TEST_CASE("first_project: the first project's main.cpp runs uname and reports it") {
   const auto r = run_program({COROPIPE_SAMPLE_FIRST_PROJECT});
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out.find("uname says: Linux ") == 0);
   CHECK(r.out.find("\nuname exited with 0\n") != std::string::npos);
   CHECK(r.err.empty());
@@ -459,7 +459,7 @@ TEST_CASE("first_project: the first project's main.cpp runs uname and reports it
 TEST_CASE("errors_and_races: what docs/errors.md says each case prints") {
   const auto r = run_program({COROPIPE_SAMPLE_ERRORS_AND_RACES});
   INFO("stderr: " << r.err);
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out ==
         "thrown: malformed frame header\n"
         "returned: malformed frame header\n"

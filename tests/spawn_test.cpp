@@ -26,6 +26,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -140,8 +141,8 @@ TEST_CASE("spawn runs a program found on the PATH and gives its exit status") {
   CHECK(p.valid());
   CHECK(p.pid() > 0);
   CHECK(p.process_group() == 0);
-  CHECK(run(io, p.async_wait(use_awaitable)) == exit_status::exited(7));
-  CHECK(p.status() == exit_status::exited(7));
+  CHECK(run(io, p.async_wait(use_awaitable)) == exit_status::from_code(7));
+  CHECK(p.status() == exit_status::from_code(7));
 
   process q = coropipe::spawn(io, {.argv = {"sh", "-c", "kill -USR1 $$"}});
   CHECK(run(io, q.async_wait(use_awaitable)) == exit_status::killed(SIGUSR1));
@@ -267,7 +268,7 @@ TEST_CASE("stdio::inherit: the program writes to the parent's own stdout") {
   CHECK(coropipe_test::read_all(in.get()) == "inherited\n");
   auto status = coropipe_test::wait_for_pid(middle, 30s);
   REQUIRE(status);
-  CHECK(exit_status::from_wait_status(*status) == exit_status::exited(0));
+  CHECK(exit_status::from_wait_status(*status) == exit_status::from_code(0));
 }
 
 TEST_CASE("the program sees 0, 1, 2 and nothing else: not even descriptors opened without O_CLOEXEC") {
@@ -302,6 +303,40 @@ TEST_CASE("passed descriptors arrive at their numbers, and only they") {
   // Closed here: the read ends see end of stream once the program is gone.
   CHECK(coropipe_test::read_all(a.read_end.get()).empty());
   CHECK(coropipe_test::read_all(b.read_end.get()).empty());
+}
+
+TEST_CASE("passed descriptors can be given inline, in spawn()'s own braces") {
+  asio::io_context io;
+  auto a = coropipe::pipe();
+  auto b = coropipe::pipe();
+  const std::string target_a = coropipe_test::fd_target(a.write_end.get());
+  const std::string target_b = coropipe_test::fd_target(b.write_end.get());
+  const auto r = run_program(io, {.argv = {helper, "print-fds"},
+                                  .fds = {coropipe::passed_fd{5, std::move(a.write_end)},
+                                          coropipe::passed_fd{42, std::move(b.write_end)}}});
+  CHECK_FALSE(a.write_end);  // moved out of the list, closed here by spawn()
+  CHECK_FALSE(b.write_end);
+  CHECK(r.status.success());
+  INFO("the program had:\n" << r.out);
+  CHECK(fd_numbers(r.out) == std::vector<int>{0, 1, 2, 5, 42});
+  CHECK(fd_target_in(r.out, 5) == target_a);
+  CHECK(fd_target_in(r.out, 42) == target_b);
+  CHECK(coropipe_test::read_all(a.read_end.get()).empty());
+  CHECK(coropipe_test::read_all(b.read_end.get()).empty());
+
+  // The unnamed form, pass_fd() and push_back() still work on the same member.
+  auto c = coropipe::pipe();
+  auto d = coropipe::pipe();
+  spawn_options opts{.argv = {helper, "print-fds"}, .fds = {{7, std::move(c.write_end)}}};
+  opts.fds.push_back(coropipe::passed_fd{8, std::move(d.write_end)});
+  opts.pass_fd(9, coropipe::pipe().write_end);
+  CHECK(opts.fds.size() == 3);
+  const auto r2 = run_program(io, std::move(opts));
+  CHECK(r2.status.success());
+  CHECK(fd_numbers(r2.out) == std::vector<int>{0, 1, 2, 7, 8, 9});
+  // A named passed_fd is not silently moved from: it must be std::move()d.
+  static_assert(!std::is_convertible_v<coropipe::passed_fd&, coropipe::detail::passed_fd_init>);
+  static_assert(std::is_convertible_v<coropipe::passed_fd&&, coropipe::detail::passed_fd_init>);
 }
 
 TEST_CASE("passed descriptors whose numbers are each other's targets are swapped correctly") {
@@ -658,7 +693,7 @@ exit_status orphan_status(int signal, const char* seconds) {
   REQUIRE(::read(in.get(), &grandchild, sizeof grandchild) == sizeof grandchild);
   auto middle_status = coropipe_test::wait_for_pid(middle, 30s);
   REQUIRE(middle_status);
-  REQUIRE(exit_status::from_wait_status(*middle_status) == exit_status::exited(0));
+  REQUIRE(exit_status::from_wait_status(*middle_status) == exit_status::from_code(0));
   auto status = coropipe_test::wait_for_pid(grandchild, 30s);
   REQUIRE(status);
   return exit_status::from_wait_status(*status);
@@ -672,7 +707,7 @@ TEST_CASE("parent_death_signal: the program gets it when its parent dies") {
 }
 
 TEST_CASE("without parent_death_signal, the program outlives its parent") {
-  CHECK(orphan_status(0, "0.3") == exit_status::exited(0));
+  CHECK(orphan_status(0, "0.3") == exit_status::from_code(0));
 }
 
 TEST_CASE("waiting does not depend on the pipes: a grandchild holding stdout does not delay it") {
@@ -756,7 +791,7 @@ TEST_CASE("without pidfds (COROPIPE_DISABLE_PIDFD=1) spawning and waiting still 
     process p = coropipe::spawn(io, {.argv = {"sh", "-c", "exit 3"}});
     CHECK(p.mechanism() == coropipe::wait_mechanism::poll);
     CHECK(coropipe_test::open_fds() == before);  // no pidfd
-    CHECK(run(io, p.async_wait(use_awaitable)) == exit_status::exited(3));
+    CHECK(run(io, p.async_wait(use_awaitable)) == exit_status::from_code(3));
     const auto e = spawn_error(io, {.argv = {"/nonexistent/program"}});
     CHECK(e.code() == std::errc::no_such_file_or_directory);
     CHECK_FALSE(coropipe_test::has_children());
@@ -775,7 +810,7 @@ TEST_CASE("spawn from several threads at once") {
       asio::io_context io;
       for (int i = 0; i < 20; ++i) {
         process p = coropipe::spawn(io, {.argv = {"sh", "-c", "exit " + std::to_string(t)}, .out = stdio::pipe()});
-        if (p.wait() == exit_status::exited(t)) ++ok;
+        if (p.wait() == exit_status::from_code(t)) ++ok;
       }
     });
   }
@@ -790,7 +825,7 @@ TEST_CASE("spawn from a coroutine, on any executor") {
     process p = coropipe::spawn(ex, {.argv = {"sh", "-c", "exit 4"}});
     co_return co_await p.async_wait(use_awaitable);
   }());
-  CHECK(st == exit_status::exited(4));
+  CHECK(st == exit_status::from_code(4));
   auto strand = asio::make_strand(io);
   process p = coropipe::spawn(strand, {.argv = {"true"}});
   CHECK(run(io, p.async_wait(use_awaitable)).success());
@@ -807,7 +842,7 @@ TEST_CASE("many spawns in a row, failing ones included (also under ThreadSanitiz
   for (int i = 0; i < 200; ++i) {
     CAPTURE(i);
     process p = coropipe::spawn(io, {.argv = {"sh", "-c", "exit $0", std::to_string(i % 7)}});
-    REQUIRE(run(io, p.async_wait(use_awaitable)) == exit_status::exited(i % 7));
+    REQUIRE(run(io, p.async_wait(use_awaitable)) == exit_status::from_code(i % 7));
     if (i % 20 == 0) {
       const auto e = spawn_error(io, {.argv = {"/nonexistent/coropipe-program"}});
       CHECK(e.code() == coropipe::error_code(ENOENT, coropipe::system_category()));

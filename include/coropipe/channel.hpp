@@ -325,6 +325,26 @@ private:
   std::vector<std::byte> scratch_;
 };
 
+/// The channel the child of `fork_with_channel<ToChild, FromChild>()` holds:
+/// it receives `ToChild` values and sends `FromChild` values, so it is a
+/// `channel<FromChild, ToChild>` (Send first), the mirror of the parent's
+/// `channel<ToChild, FromChild>`. Name the child's parameter with it and keep
+/// the template arguments in the order of the fork_with_channel() call:
+///
+/// ```
+/// // The child squares the numbers it is sent and answers with strings.
+/// asio::awaitable<int> squarer(coropipe::child_context&,
+///                              coropipe::child_channel<int, std::string> ch) {
+///   while (std::optional<int> n = co_await ch.async_receive(asio::use_awaitable))
+///     co_await ch.async_send(std::to_string(*n * *n), asio::use_awaitable);
+///   co_return 0;
+/// }
+/// auto [ch, kid] = coropipe::fork_with_channel<int, std::string>(io, squarer);
+/// // ch is the parent's channel<int, std::string>: sends int, receives std::string.
+/// ```
+template <codable ToChild, codable FromChild = ToChild>
+using child_channel = channel<FromChild, ToChild>;
+
 /// A parent's channel to a forked child, and the child's handle.
 template <codable ToChild, codable FromChild>
 struct child_with_channel {
@@ -333,8 +353,9 @@ struct child_with_channel {
 };
 
 /// Forks a child connected to the parent by a duplex channel (a socketpair):
-/// the child runs `f(ctx, channel<FromChild, ToChild>, args...)` (returning
-/// `awaitable<int>` or `awaitable<void>`), and the parent gets the other end.
+/// the child runs `f(ctx, child_channel<ToChild, FromChild>, args...)`
+/// (returning `awaitable<int>` or `awaitable<void>`; see child_channel), and
+/// the parent gets the other end, a `channel<ToChild, FromChild>`.
 /// Otherwise as fork_child(), whose options and errors apply.
 template <codable ToChild, codable FromChild = ToChild, detail::executor_or_context Where, typename F,
           typename... Args>
@@ -343,13 +364,13 @@ child_with_channel<ToChild, FromChild> fork_with_channel(Where&& where, const fo
   auto [parent_end, child_end] = duplex_pair();
   auto body = [fn = std::forward<F>(f)](child_context& ctx, unique_fd end,
                                         std::decay_t<Args>... a) mutable -> asio::awaitable<int> {
-    channel<FromChild, ToChild> ch(ctx.attach(std::move(end)));
+    child_channel<ToChild, FromChild> ch(ctx.attach(std::move(end)));
     using R = decltype(fn(ctx, std::move(ch), std::move(a)...));
     if constexpr (std::is_same_v<R, asio::awaitable<void>>) {
-      co_await fn(ctx, channel<FromChild, ToChild>(std::move(ch)), std::move(a)...);
+      co_await fn(ctx, child_channel<ToChild, FromChild>(std::move(ch)), std::move(a)...);
       co_return 0;
     } else {
-      co_return co_await fn(ctx, channel<FromChild, ToChild>(std::move(ch)), std::move(a)...);
+      co_return co_await fn(ctx, child_channel<ToChild, FromChild>(std::move(ch)), std::move(a)...);
     }
   };
   coropipe::child c = fork_child(where, opts, std::move(body), std::move(child_end), std::forward<Args>(args)...);

@@ -9,13 +9,26 @@ namespace coropipe {
 
 /// How a child process ended: it exited with a code, or a signal killed it
 /// (perhaps dumping core). A value type, shared by forked children and spawned
-/// programs. `exit_status::exited(9)` and `exit_status::killed(SIGKILL)` are
-/// different values, although a shell would show both as a small number.
+/// programs. `exit_status::from_code(137)` and `exit_status::killed(SIGKILL)`
+/// are different values, although a shell shows both as 137.
+///
+/// ```
+/// coropipe::exit_status st = co_await c.async_wait(asio::use_awaitable);
+/// if (st == coropipe::exit_status::from_code(3)) { /* exited with 3 */ }
+/// if (st.exited()) std::cout << st.exit_code();    // the question, not a factory
+/// ```
 class exit_status {
 public:
-  /// Exited normally (`_exit(code)` / `return code` from main).
-  [[nodiscard]] static constexpr exit_status exited(int code) noexcept {
+  /// Exited normally with @p code (`_exit(code)` / `return code` from main);
+  /// only its low 8 bits are kept, as the kernel does.
+  [[nodiscard]] static constexpr exit_status from_code(int code) noexcept {
     return exit_status(kind::exited, code & 0xff);
+  }
+  /// The former name of from_code(), kept for one release: `exited()` is the
+  /// question "did it exit?".
+  [[deprecated("use exit_status::from_code")]] [[nodiscard]] static constexpr exit_status exited(
+      int code) noexcept {
+    return from_code(code);
   }
   /// Killed by signal @p signo, with or without a core dump.
   [[nodiscard]] static constexpr exit_status killed(int signo, bool core_dumped = false) noexcept {
@@ -25,7 +38,7 @@ public:
   /// waitpid() without WUNTRACED/WCONTINUED (a stop status is not an end).
   [[nodiscard]] static exit_status from_wait_status(int wstatus) noexcept;
 
-  /// Exited with code 0. A default-constructed exit_status is exited(0).
+  /// Exited with code 0. A default-constructed exit_status is from_code(0).
   constexpr exit_status() noexcept = default;
 
   /// True when the process exited (returned from main, called exit/_exit).

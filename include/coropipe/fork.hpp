@@ -82,6 +82,7 @@
 #include <sys/types.h>
 
 #include <concepts>
+#include <cstddef>
 #include <functional>
 #include <span>
 #include <system_error>
@@ -231,11 +232,60 @@ child fork_child(Where&& where, const fork_options& opts, F&& f, Args&&... args)
   return c;
 }
 
-/// fork_child() with default fork_options.
+namespace detail {
+// True when the last of Args is `error_code&` (a non-const lvalue error_code).
+template <typename... Args>
+consteval bool ends_with_error_code() {
+  if constexpr (sizeof...(Args) == 0) {
+    return false;
+  } else {
+    return std::is_same_v<std::tuple_element_t<sizeof...(Args) - 1, std::tuple<Args...>>, error_code&>;
+  }
+}
+
+template <typename F, typename Tuple, typename Indices>
+inline constexpr bool is_child_function_of_prefix = false;
+template <typename F, typename Tuple, std::size_t... I>
+inline constexpr bool is_child_function_of_prefix<F, Tuple, std::index_sequence<I...>> =
+    child_function<F, std::tuple_element_t<I, Tuple>...>;
+
+// f can be called with the arguments before the trailing error_code&.
+template <typename F, typename... Args>
+concept child_function_then_error_code =
+    ends_with_error_code<Args...>() &&
+    is_child_function_of_prefix<F, std::tuple<Args...>, std::make_index_sequence<sizeof...(Args) - 1>>;
+} // namespace detail
+
+/// fork_child() with default fork_options, throwing system_error whose what()
+/// names the failing call.
+///
+/// A non-const `error_code` lvalue as the last argument is not handed to the
+/// child: it selects the overload below.
 template <detail::executor_or_context Where, typename F, typename... Args>
-  requires child_function<F, Args...>
+  requires(!detail::ends_with_error_code<Args...>() && child_function<F, Args...>)
 child fork_child(Where&& where, F&& f, Args&&... args) {
   return coropipe::fork_child(where, fork_options{}, std::forward<F>(f), std::forward<Args>(args)...);
+}
+
+/// fork_child() with default fork_options (the same as the throwing form
+/// above), reporting the error in the last argument, an `error_code&`:
+/// `fork_child(io, f, args..., ec)`. On failure an empty handle is returned
+/// and the arguments are destroyed (descriptors among them closed).
+///
+/// The last argument selects this form whenever it is a non-const
+/// `error_code` lvalue, even when `f` could take an error_code there. To hand
+/// an error_code to the child itself, pass it as an rvalue or a const lvalue
+/// (`std::as_const(e)`, `coropipe::error_code(e)`), or end with an
+/// `error_code&` of your own for the failure: `fork_child(io, f, code, ec)`.
+template <detail::executor_or_context Where, typename F, typename... ArgsThenErrorCode>
+  requires detail::child_function_then_error_code<F, ArgsThenErrorCode...>
+child fork_child(Where&& where, F&& f, ArgsThenErrorCode&&... args_then_ec) {
+  constexpr std::size_t n = sizeof...(ArgsThenErrorCode) - 1;
+  auto all = std::forward_as_tuple(std::forward<ArgsThenErrorCode>(args_then_ec)...);
+  error_code& ec = std::get<n>(all);
+  return [&]<std::size_t... I>(std::index_sequence<I...>) {
+    return coropipe::fork_child(where, fork_options{}, ec, std::forward<F>(f), std::get<I>(std::move(all))...);
+  }(std::make_index_sequence<n>{});
 }
 
 } // namespace coropipe

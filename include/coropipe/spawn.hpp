@@ -68,6 +68,7 @@
 #include <chrono>
 #include <exception>
 #include <filesystem>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <system_error>
@@ -131,6 +132,43 @@ struct passed_fd {
   /// The descriptor, moved in; closed in the parent when spawn() returns.
   /// Made blocking in the child, like stdio::from().
   unique_fd fd{};
+};
+
+namespace detail {
+// One element of passed_fds' initializer list. The list's elements are const;
+// the descriptor is mutable so that it can be moved out of them.
+struct passed_fd_init {
+  // Implicit: the point is `{passed_fd{...}}`.
+  passed_fd_init(passed_fd p) noexcept : value(std::move(p)) {}
+  passed_fd_init(int child_fd, unique_fd fd) noexcept : value{child_fd, std::move(fd)} {}
+  mutable passed_fd value;
+};
+} // namespace detail
+
+/// The descriptors of spawn_options::fds: a `std::vector<passed_fd>` that can
+/// also be list-initialized, which a vector of a move-only type cannot be
+/// (its `std::initializer_list` constructor copies):
+///
+/// ```
+/// coropipe::spawn(io, {.argv = {"worker"},
+///                      .fds = {coropipe::passed_fd{3, std::move(events_w)},
+///                              coropipe::passed_fd{4, std::move(control_r)}}});
+/// ```
+///
+/// The descriptors are moved out of the list; an lvalue passed_fd does not
+/// compile (write `std::move(p)`). Everything else is std::vector's.
+class passed_fds : public std::vector<passed_fd> {
+public:
+  /// No descriptor.
+  passed_fds() noexcept = default;
+  /// Takes the descriptors of @p fds.
+  passed_fds(std::vector<passed_fd> fds) noexcept { swap(fds); }
+  /// Takes the descriptors of the list, in order: `{passed_fd{3, std::move(fd)}}`
+  /// (or `{{3, std::move(fd)}}`).
+  passed_fds(std::initializer_list<detail::passed_fd_init> fds) {
+    reserve(fds.size());
+    for (const auto& f : fds) push_back(std::move(f.value));
+  }
 };
 
 /// The environment of a spawned program: the parent's (read when spawn() is
@@ -197,8 +235,9 @@ struct spawn_options {
   stdio out{};
   /// stderr (stdio::to_stdout() for `2>&1`).
   stdio err{};
-  /// More descriptors for the program, at chosen numbers (see pass_fd()).
-  std::vector<passed_fd> fds{};
+  /// More descriptors for the program, at chosen numbers: inline,
+  /// `.fds = {coropipe::passed_fd{3, std::move(fd)}}`, or added with pass_fd().
+  passed_fds fds{};
   /// The program's environment.
   environment env{};
   /// The program's working directory; empty: the parent's.

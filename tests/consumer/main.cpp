@@ -25,7 +25,7 @@ int main() {
   asio::co_spawn(io, [&]() -> asio::awaitable<void> {
     co_await asio::async_read(reader, asio::buffer(got), asio::use_awaitable);
     const coropipe::exit_status st = co_await kid.async_wait(asio::use_awaitable);
-    result = (got == "consumer" && st == coropipe::exit_status::exited(3)) ? 0 : 1;
+    result = (got == "consumer" && st == coropipe::exit_status::from_code(3)) ? 0 : 1;
   }, [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
   io.run();
   std::printf("consumer: %s\n", result == 0 ? "ok" : "FAILED");

@@ -46,7 +46,7 @@ std::size_t check_all_bytes(const std::vector<coropipe_stress::bytes_seen>& seen
     CHECK(seen[i].bytes == bytes);
     CHECK(seen[i].eof);
     CHECK_FALSE(seen[i].error);
-    CHECK(status[i] == exit_status::exited(0));
+    CHECK(status[i] == exit_status::from_code(0));
     total += seen[i].bytes;
   }
   return total;
@@ -67,7 +67,7 @@ TEST_CASE("many forked children stream pseudo-random bytes to the parent at once
     auto& kids = streams.kids;
     auto& ins = streams.ins;
     std::vector<coropipe_stress::bytes_seen> seen(children);
-    std::vector<exit_status> status(children, exit_status::exited(255));
+    std::vector<exit_status> status(children, exit_status::from_code(255));
     std::vector<awaitable<void>> work;
     for (std::size_t i = 0; i < children; ++i) {
       const std::uint64_t seed = coropipe_stress::child_seed(run_seed, i);
@@ -97,7 +97,7 @@ TEST_CASE("many forked children send framed messages to the parent at once") {
     auto& kids = streams.kids;
     auto& ins = streams.ins;
     std::vector<coropipe_stress::messages_seen> seen(children);
-    std::vector<exit_status> status(children, exit_status::exited(255));
+    std::vector<exit_status> status(children, exit_status::from_code(255));
     std::vector<awaitable<void>> work;
     for (std::size_t i = 0; i < children; ++i) {
       const std::uint64_t seed = coropipe_stress::child_seed(run_seed, i);
@@ -114,7 +114,7 @@ TEST_CASE("many forked children send framed messages to the parent at once") {
       CHECK(seen[i].messages == count);
       CHECK(seen[i].clean_end);
       CHECK_FALSE(seen[i].error);
-      CHECK(status[i] == exit_status::exited(0));
+      CHECK(status[i] == exit_status::from_code(0));
       total += seen[i].messages;
     }
     MESSAGE("messages: " << children << " forked children x " << count << " framed messages = " << total
@@ -139,7 +139,7 @@ TEST_CASE("many spawned cats round-trip pseudo-random bytes at once") {
           io, {.argv = {"cat"}, .in = coropipe::stdio::pipe(), .out = coropipe::stdio::pipe()}));
     }
     std::vector<coropipe_stress::bytes_seen> seen(cats);
-    std::vector<exit_status> status(cats, exit_status::exited(255));
+    std::vector<exit_status> status(cats, exit_status::from_code(255));
     std::vector<awaitable<void>> work;
     for (std::size_t i = 0; i < cats; ++i) {
       const std::uint64_t seed = coropipe_stress::child_seed(run_seed, i);

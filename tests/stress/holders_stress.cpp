@@ -117,7 +117,7 @@ TEST_CASE("a grandchild holding stdout: the wait completes, reads see end of str
     const auto t0 = std::chrono::steady_clock::now();
     const exit_status st = coropipe_test::run(io, within(5s, p.async_wait(use_awaitable), "async_wait"));
     worst_wait_ms = std::max(worst_wait_ms, ms_since(t0));
-    CHECK(st == exit_status::exited(0));
+    CHECK(st == exit_status::from_code(0));
     const std::string line = coropipe_test::run(io, within(5s, read_line(p.stdout_pipe()), "reading the pid"));
     grandchild = std::stoi(line);
     REQUIRE(grandchild > 0);
@@ -139,7 +139,7 @@ TEST_CASE("a grandchild holding stdout: the wait completes, reads see end of str
         coropipe_test::run(io, within(5s, coropipe::async_communicate(q, "", as_tuple), "async_communicate"));
     worst_communicate_ms = std::max(worst_communicate_ms, ms_since(t1));
     CHECK_FALSE(ec);
-    CHECK(r.status == exit_status::exited(0));
+    CHECK(r.status == exit_status::from_code(0));
     REQUIRE(r.out.size() > 1);
     CHECK(r.out.back() == '\n');
     grandchild = std::stoi(r.out);

@@ -93,7 +93,7 @@ TEST_CASE("random SIGKILLs among forked children streaming bytes: exactly the ki
     auto& kids = streams.kids;
     auto& ins = streams.ins;
     std::vector<coropipe_stress::bytes_seen> seen(children);
-    std::vector<exit_status> status(children, exit_status::exited(255));
+    std::vector<exit_status> status(children, exit_status::from_code(255));
     std::vector<coropipe::error_code> kill_ec(children);
     std::vector<awaitable<void>> work;
     for (std::size_t i = 0; i < children; ++i) {
@@ -121,7 +121,7 @@ TEST_CASE("random SIGKILLs among forked children streaming bytes: exactly the ki
       } else {
         // Not killed, or killed too late to matter: complete.
         if (plan.doomed[i]) ++raced;
-        CHECK(status[i] == exit_status::exited(0));
+        CHECK(status[i] == exit_status::from_code(0));
         CHECK(seen[i].bytes == bytes);
       }
     }
@@ -151,7 +151,7 @@ TEST_CASE("random SIGKILLs among forked children sending framed messages: exactl
     auto& kids = streams.kids;
     auto& ins = streams.ins;
     std::vector<coropipe_stress::messages_seen> seen(children);
-    std::vector<exit_status> status(children, exit_status::exited(255));
+    std::vector<exit_status> status(children, exit_status::from_code(255));
     std::vector<coropipe::error_code> kill_ec(children);
     std::vector<awaitable<void>> work;
     for (std::size_t i = 0; i < children; ++i) {
@@ -184,7 +184,7 @@ TEST_CASE("random SIGKILLs among forked children sending framed messages: exactl
         else CHECK_FALSE(seen[i].error);
       } else {
         if (plan.doomed[i]) ++raced;
-        CHECK(status[i] == exit_status::exited(0));
+        CHECK(status[i] == exit_status::from_code(0));
         CHECK(seen[i].messages == count);
         CHECK(seen[i].clean_end);
         CHECK_FALSE(seen[i].error);
@@ -221,7 +221,7 @@ TEST_CASE("random SIGKILLs among spawned cats being written to and read from: th
     std::vector<std::size_t> written(cats, 0);
     std::vector<coropipe::error_code> write_ec(cats);
     std::vector<coropipe_stress::bytes_seen> seen(cats);
-    std::vector<exit_status> status(cats, exit_status::exited(255));
+    std::vector<exit_status> status(cats, exit_status::from_code(255));
     std::vector<coropipe::error_code> kill_ec(cats);
     std::vector<awaitable<void>> work;
     for (std::size_t i = 0; i < cats; ++i) {
@@ -275,7 +275,7 @@ TEST_CASE("random SIGKILLs among spawned cats being written to and read from: th
         if (write_ec[i]) ++broken;
       } else {
         if (plan.doomed[i]) ++raced;
-        CHECK(status[i] == exit_status::exited(0));
+        CHECK(status[i] == exit_status::from_code(0));
         CHECK_FALSE(write_ec[i]);
         CHECK(written[i] == bytes);
         CHECK(seen[i].bytes == bytes);
