@@ -78,10 +78,14 @@ TEST_CASE("fd_passing: a pipe's read end handed over, read directly by the recei
   auto [a, b] = socket_pair(io);
   auto [r, w] = make_pipe();
   coropipe_test::run(io, [&]() -> awaitable<void> {
+    // [docs:fd-handover]
+    // Sender: hand over the pipe's read end, then close ours.
     const std::array<int, 1> fds{r.get()};
     co_await coropipe::async_send_fds(a, std::span<const int>(fds), use_awaitable);
-    r.reset();  // the receiver's copy is the only read end now
-    auto got = co_await coropipe::async_receive_fds(b, 1, use_awaitable);
+    r.reset();
+    // Receiver: the descriptor arrives as a unique_fd (close-on-exec set).
+    std::vector<unique_fd> got = co_await coropipe::async_receive_fds(b, 1, use_awaitable);
+    // [docs:end]
     REQUIRE(got.size() == 1);
     CHECK((::fcntl(got[0].get(), F_GETFD) & FD_CLOEXEC) != 0);
     REQUIRE(::write(w.get(), "hello", 5) == 5);
