@@ -129,11 +129,11 @@ std::string address::to_string() const {
   case kind::unix_path:
     return text_;
   case kind::abstract:
-    return "@" + text_;
+    return std::string(1, '@').append(text_);
   case kind::tcp_v4:
     return text_ + ":" + std::to_string(port_);
   case kind::tcp_v6:
-    return "[" + text_ + "]:" + std::to_string(port_);
+    return std::string(1, '[').append(text_).append("]:").append(std::to_string(port_));
   }
   return {};
 }
@@ -165,7 +165,14 @@ std::string address::python_literal() const {
     return quote(text_, true);
   case kind::tcp_v4:
   case kind::tcp_v6:
-    return "(" + quote(text_, false) + ", " + std::to_string(port_) + ")";
+  {
+    std::string out(1, '(');
+    out += quote(text_, false);
+    out += ", ";
+    out += std::to_string(port_);
+    out += ')';
+    return out;
+  }
   }
   return {};
 }

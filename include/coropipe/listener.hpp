@@ -37,6 +37,10 @@
 /// connection that failed (log it and accept again); `operation_aborted`
 /// means the listener was closed (or the accept cancelled). The backlog is
 /// 128 (Python's Listener uses 1).
+///
+/// A listener and its background work run on its executor, used from one
+/// thread at a time: with an io_context run by several threads, give it a
+/// strand.
 #pragma once
 
 #include <coropipe/address.hpp>
