@@ -158,6 +158,7 @@ double coropipe_socket_messages(bool tcp, int count) {
     const double secs = seconds_since(t0);
     if (got != count) throw std::runtime_error("messages lost");
     if (!(co_await kid.async_wait(use_awaitable)).success()) throw std::runtime_error("child failed");
+    l.close();  // an open listener keeps accepting, and io.run() from returning
     co_return got / secs;
   }());
 }
@@ -220,6 +221,7 @@ double coropipe_socket_ping_pong(bool tcp, int rounds) {
     }
     const double secs = seconds_since(t0);
     if (!(co_await kid.async_wait(use_awaitable)).success()) throw std::runtime_error("child failed");
+    l.close();
     co_return secs / rounds * 1e6;
   }());
 }

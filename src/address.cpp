@@ -188,7 +188,7 @@ std::string address::python_literal() const {
     const bool abs = kind_ == kind::abstract;
     const std::size_t room = sizeof un->sun_path - (abs ? 0 : 1);  // a path needs its NUL
     if (text_.size() + (abs ? 1 : 0) > room || (!abs && text_.empty())) {
-      ec = text_.empty() ? make_error_code(errc::invalid_argument) : detail::errno_code(ENAMETOOLONG);
+      ec = text_.empty() ? error_code(make_error_code(errc::invalid_argument)) : detail::errno_code(ENAMETOOLONG);
       return 0;
     }
     std::memcpy(un->sun_path + (abs ? 1 : 0), text_.data(), text_.size());

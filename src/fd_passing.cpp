@@ -38,7 +38,7 @@ bool try_send_fds(int sock, std::span<const int> fds, error_code& ec) noexcept {
     if (r == 1) return true;
     if (r < 0 && errno == EINTR) continue;
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
-    ec = r < 0 ? errno_code(errno) : make_error_code(errc::descriptor_passing_failed);
+    ec = r < 0 ? errno_code(errno) : error_code(make_error_code(errc::descriptor_passing_failed));
     return true;
   }
 }

@@ -444,12 +444,13 @@ std::pair<coropipe_test::started_program, std::string> start_echo_server(std::ve
   return {p, line.substr(13)};
 }
 
-// SIGTERM, then the exit status within a second.
+// SIGTERM, then the exit status (within a second on an idle machine; the
+// bound here is loose, for a loaded one).
 coropipe_test::program_result stop(coropipe_test::started_program& p) {
   ::kill(p.pid, SIGTERM);
   const auto t0 = std::chrono::steady_clock::now();
   auto r = finish_program(p, 10s);
-  CHECK(coropipe_test::seconds_since(t0) < 1.0);
+  CHECK(coropipe_test::seconds_since(t0) < 5.0);
   return r;
 }
 

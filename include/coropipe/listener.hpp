@@ -38,6 +38,10 @@
 /// means the listener was closed (or the accept cancelled). The backlog is
 /// 128 (Python's Listener uses 1).
 ///
+/// Once accepting, an open listener always has work pending on its executor,
+/// as an acceptor waiting for a connection does: `io_context::run()` returns
+/// only after close().
+///
 /// A listener and its background work run on its executor, used from one
 /// thread at a time: with an io_context run by several threads, give it a
 /// strand.
