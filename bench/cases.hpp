@@ -4,6 +4,7 @@
 #include "harness.hpp"
 
 #include <cstddef>
+#include <vector>
 
 namespace bench {
 
@@ -41,6 +42,9 @@ double plain_asio_throughput(std::size_t chunk, std::size_t total);
 double unbatched_messages(int count);
 double coropipe_spawns(int count);
 double floor_async_spawns(int count);
+
+// Sockets (sockets.cpp): the cases over a Unix socket and TCP loopback.
+void add_socket_cases(std::vector<case_spec>& cases, const settings& s);
 
 // A parent with a large resident set: @p bytes of anonymous memory, every
 // page touched, held while the object lives.

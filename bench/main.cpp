@@ -203,6 +203,7 @@ std::vector<case_spec> all_cases(const settings& s) {
                    "receiving into a reused std::string"});
   cases.push_back({"memory: heap per open channel", "{\"pairs\": 100}", "bytes", better::lower, std::nullopt,
                    [] { return heap_per_channel(100); }, {}, "read-ahead and send queue of one channel end after traffic"});
+  add_socket_cases(cases, s);
   return cases;
 }
 

@@ -33,6 +33,15 @@ public:
       return "message does not decode as the expected type";
     case errc::invalid_argument:
       return "invalid argument";
+    case errc::authentication_failed:
+      return "authentication failed (wrong authkey, or a malformed or missing handshake message)";
+    case errc::peer_not_allowed:
+      return "connection refused: the peer's user id is not allowed";
+    case errc::descriptor_passing_failed:
+      return "descriptors did not arrive as sent (truncated control data, a count mismatch, or more than 253)";
+    case errc::unauthenticated_remote_listener:
+      return "refusing to listen on a non-loopback TCP address without an authkey "
+             "(set one, or listen_options::allow_unauthenticated_remote)";
     }
     return "unknown coropipe error " + std::to_string(value);
   }

@@ -3,17 +3,21 @@
 /// The umbrella header: all of coropipe.
 #pragma once
 
+#include <coropipe/address.hpp>
 #include <coropipe/attach.hpp>
 #include <coropipe/channel.hpp>
 #include <coropipe/child.hpp>
 #include <coropipe/communicate.hpp>
 #include <coropipe/error.hpp>
 #include <coropipe/exit_status.hpp>
+#include <coropipe/fd_passing.hpp>
 #include <coropipe/fork.hpp>
 #include <coropipe/frame.hpp>
 #include <coropipe/framed_stream.hpp>
+#include <coropipe/handshake.hpp>
 #include <coropipe/io.hpp>
 #include <coropipe/line_reader.hpp>
+#include <coropipe/listener.hpp>
 #include <coropipe/pipe.hpp>
 #include <coropipe/pipeline.hpp>
 #include <coropipe/sigpipe.hpp>

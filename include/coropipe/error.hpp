@@ -36,6 +36,21 @@ enum class errc {
   decode_failed,
   /// An argument that can never be valid (an empty argv, an embedded NUL, ...).
   invalid_argument,
+  /// The authentication handshake failed: a wrong authkey on either side
+  /// (`#FAILURE#`), or a handshake message that is no valid challenge or
+  /// answer, or the peer closed the connection during the handshake.
+  authentication_failed,
+  /// A connection refused before any message: its peer's credentials
+  /// (SO_PEERCRED uid) are not among those the listener allows.
+  peer_not_allowed,
+  /// Descriptors passed over a Unix socket did not arrive as sent: truncated
+  /// control data (MSG_CTRUNC), a count other than announced, or more than
+  /// the kernel passes in one message (253). Those that arrived were closed.
+  descriptor_passing_failed,
+  /// A TCP listener on a non-loopback address without an authkey: anyone who
+  /// can reach it would be accepted. Set an authkey, or opt out explicitly
+  /// (listen_options::allow_unauthenticated_remote).
+  unauthenticated_remote_listener,
 };
 
 /// The base of error categories in the flavour's error-code system:
