@@ -29,6 +29,8 @@ public:
       return "message does not decode as the expected type";
     case errc::invalid_argument:
       return "invalid argument";
+    case errc::nesting_too_deep:
+      return "message nested deeper than the decoder's limit";
     }
     return "unknown coropipe error " + std::to_string(value);
   }

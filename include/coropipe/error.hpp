@@ -36,6 +36,9 @@ enum class errc {
   decode_failed,
   /// An argument that can never be valid (an empty argv, an embedded NUL, ...).
   invalid_argument,
+  /// A structured message (a pickle) nests containers deeper than the
+  /// decoder's limit (coropipe::pickle_options::max_depth).
+  nesting_too_deep,
 };
 
 /// The category of coropipe's own errors; its name() is "coropipe".
