@@ -132,7 +132,7 @@ TEST_CASE("pyobject: values, equality and copy on write") {
   CHECK(pyobject::dict({{"a", 1}, {"b", 2}}) == pyobject::dict({{"b", 2}, {"a", 1}}));
   CHECK(pyobject::set({1, 2}) == pyobject::set({2, 1}));
   CHECK(pyobject::set({1, 2}) != pyobject::frozenset({2, 1}));
-  CHECK_THROWS_AS(pyobject::dict({{pyobject::list(), 1}}), coropipe::system_error);
+  CHECK_THROWS_AS((void)pyobject::dict({{pyobject::list(), 1}}), coropipe::system_error);
   CHECK(pyobject::dict({{pyobject::tuple({1, "a"}), 1}}).as_dict().at(pyobject::tuple({1, "a"})) == pyobject(1));
 
   pyobject a = pyobject::list({1, 2});

@@ -103,12 +103,12 @@ public:
   using value_type = std::pair<pyobject, pyobject>;
   using const_iterator = std::vector<value_type>::const_iterator;
 
-  [[nodiscard]] std::size_t size() const noexcept { return items_.size(); }
-  [[nodiscard]] bool empty() const noexcept { return items_.empty(); }
-  [[nodiscard]] const_iterator begin() const noexcept { return items_.begin(); }
-  [[nodiscard]] const_iterator end() const noexcept { return items_.end(); }
+  [[nodiscard]] std::size_t size() const noexcept;
+  [[nodiscard]] bool empty() const noexcept;
+  [[nodiscard]] const_iterator begin() const noexcept;
+  [[nodiscard]] const_iterator end() const noexcept;
   /// The items in insertion order.
-  [[nodiscard]] const std::vector<value_type>& items() const noexcept { return items_; }
+  [[nodiscard]] const std::vector<value_type>& items() const noexcept;
 
   /// The value under @p key, or nullptr.
   [[nodiscard]] const pyobject* find(const pyobject& key) const;
@@ -141,11 +141,12 @@ class pyset {
 public:
   using const_iterator = std::vector<pyobject>::const_iterator;
 
-  [[nodiscard]] std::size_t size() const noexcept { return items_.size(); }
-  [[nodiscard]] bool empty() const noexcept { return items_.empty(); }
-  [[nodiscard]] const_iterator begin() const noexcept { return items_.begin(); }
-  [[nodiscard]] const_iterator end() const noexcept { return items_.end(); }
-  [[nodiscard]] const std::vector<pyobject>& items() const noexcept { return items_; }
+  [[nodiscard]] std::size_t size() const noexcept;
+  [[nodiscard]] bool empty() const noexcept;
+  [[nodiscard]] const_iterator begin() const noexcept;
+  [[nodiscard]] const_iterator end() const noexcept;
+  /// The items in insertion order.
+  [[nodiscard]] const std::vector<pyobject>& items() const noexcept;
   [[nodiscard]] bool contains(const pyobject& key) const;
   /// Adds @p key unless present; true if added.
   /// @throws system_error (errc::invalid_argument) if @p key is unhashable.
@@ -331,6 +332,17 @@ private:
   [[noreturn]] void wrong_kind(pykind expected) const;
   storage v_;
 };
+
+inline std::size_t pydict::size() const noexcept { return items_.size(); }
+inline bool pydict::empty() const noexcept { return items_.empty(); }
+inline pydict::const_iterator pydict::begin() const noexcept { return items_.begin(); }
+inline pydict::const_iterator pydict::end() const noexcept { return items_.end(); }
+inline const std::vector<pydict::value_type>& pydict::items() const noexcept { return items_; }
+inline std::size_t pyset::size() const noexcept { return items_.size(); }
+inline bool pyset::empty() const noexcept { return items_.empty(); }
+inline pyset::const_iterator pyset::begin() const noexcept { return items_.begin(); }
+inline pyset::const_iterator pyset::end() const noexcept { return items_.end(); }
+inline const std::vector<pyobject>& pyset::items() const noexcept { return items_; }
 
 namespace detail {
 // A container's contents, shared by copies until one changes. A node handed
