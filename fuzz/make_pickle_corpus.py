@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: BSL-1.0
 """Writes the pickle fuzz target's seed corpus, fuzz/corpus/pickle/: the test
-corpus's values (tests/pickle/corpus.py) in three protocols, plus pickles the decoder must refuse.
+corpus's values (tests/pickle/corpus.py) in three protocols, plus edge cases
+(refused, or costly if the decoder were naive).
 
     python3 fuzz/make_pickle_corpus.py
 """
@@ -38,6 +39,8 @@ refused = {
     "memo-chain": b"]q\x00" + b"]h\x00aq\x000" * 1100 + b"0h\x00.",
     "reduce-set": b"c__builtin__\nset\n(lp0\nI1\naI2\natR.",
     "codecs-bytes": b"c_codecs\nencode\n(Vab\xe9\nVlatin1\ntR.",
+    "dag-tuple-key": b"}K\x01" + b"q\x00h\x00\x86" * 200 + b"Ns.",
+    "sparse-memo": b"K\x01r\xff\xff\xff\x7fj\xff\xff\xff\x7f\x86.",
 }
 for name, data in refused.items():
     with open(os.path.join(out, name), "wb") as f:

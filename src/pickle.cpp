@@ -322,7 +322,7 @@ private:
     charge(e.obj);
     // A dense table up to the input's size; beyond, a sparse one (so a huge
     // index cannot make the table huge).
-    if (idx < memo_.size() + 1024) {
+    if (idx <= memo_.size()) {  // an overwrite, or the next index
       const auto i = static_cast<std::size_t>(idx);
       if (i >= memo_.size()) {
         memo_.resize(i + 1);
@@ -559,8 +559,12 @@ private:
         fill_set(*node, std::move(items), name);
       }
       pyobject o;
-      if (g == global::set) access::storage(o) = node;
-      else access::storage(o) = access::frozenset_t{std::move(node)};
+      if (g == global::set) {
+        access::storage(o) = node;
+      } else {
+        node->hash = detail::frozenset_hash(node->set);
+        access::storage(o) = access::frozenset_t{std::move(node)};
+      }
       push(std::move(o));
       return;
     }
@@ -720,6 +724,7 @@ pyobject decoder::run() {
       stack_.resize(from);
       auto node = std::make_shared<detail::pyset_node>();
       fill_set(*node, std::move(items), "FROZENSET");
+      node->hash = detail::frozenset_hash(node->set);
       pyobject o;
       access::storage(o) = access::frozenset_t{std::move(node)};
       push(std::move(o));

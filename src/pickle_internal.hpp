@@ -13,6 +13,8 @@ namespace coropipe::detail {
 
 bool valid_utf8(std::string_view s) noexcept;
 std::uint32_t node_depth(const pyobject& o) noexcept;
+// The hash a frozenset of these items keeps (pyset_node::hash).
+std::size_t frozenset_hash(const pyset& s) noexcept;
 
 // Python's limit on int <-> decimal conversions (sys.get_int_max_str_digits()).
 inline constexpr std::size_t max_int_digits = 4300;

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <set>
 #include <string>
 #include <system_error>
 
@@ -453,7 +454,16 @@ pyobject pyobject::bytearray(std::string_view b) {
 
 pyobject pyobject::tuple(std::vector<pyobject> items) {
   pyobject o;
-  o.v_ = tuple_t{std::make_shared<detail::pyseq_node>(detail::pyseq_node{std::move(items)})};
+  auto node = std::make_shared<detail::pyseq_node>(detail::pyseq_node{std::move(items)});
+  // Tuples never change: their hash and hashability are computed once, from
+  // their items' (so nested and shared tuples cost constant time each).
+  std::size_t h = 8 * 0x100000001b3ULL;
+  for (const auto& item : node->items) {
+    node->hashable = node->hashable && item.is_hashable();
+    h = mix(h, hash_value(item));
+  }
+  node->hash = h;
+  o.v_ = tuple_t{std::move(node)};
   return o;
 }
 
@@ -493,9 +503,17 @@ pyobject pyobject::frozenset(std::initializer_list<pyobject> items) {
   return frozenset(std::move(s));
 }
 
+std::size_t detail::frozenset_hash(const pyset& s) noexcept {
+  std::size_t h = 0;
+  for (const auto& k : s) h += mix(0x51ed27, hash_value(k));
+  return mix(12 * 0x100000001b3ULL, h);
+}
+
 pyobject pyobject::frozenset(pyset items) {
   pyobject o;
-  o.v_ = frozenset_t{std::make_shared<detail::pyset_node>(detail::pyset_node{std::move(items)})};
+  auto node = std::make_shared<detail::pyset_node>(detail::pyset_node{std::move(items)});
+  node->hash = detail::frozenset_hash(node->set);
+  o.v_ = frozenset_t{std::move(node)};
   return o;
 }
 
@@ -523,10 +541,7 @@ bool pyobject::is_hashable() const noexcept {
   case pykind::list:
   case pykind::dict:
   case pykind::set: return false;
-  case pykind::tuple: {
-    const auto& items = std::get<tuple_t>(v_).p->items;
-    return std::all_of(items.begin(), items.end(), [](const pyobject& o) { return o.is_hashable(); });
-  }
+  case pykind::tuple: return std::get<tuple_t>(v_).p->hashable;
   default: return true;
   }
 }
@@ -663,13 +678,42 @@ pyset& pyobject::as_set() {
   return (*s)->set;
 }
 
-bool operator==(const pyobject& a, const pyobject& b) noexcept {
-  if (a.v_.index() != b.v_.index()) return false;
-  using P = pyobject;
+namespace {
+
+// Pairs of shared nodes already found equal in one comparison: a value in
+// which one container is referenced many times (a DAG) compares in time
+// proportional to its size, not to its expansion.
+using equal_pairs = std::set<std::pair<const void*, const void*>>;
+
+bool equal(const pyobject& a, const pyobject& b, equal_pairs& seen);
+
+bool equal_items(const std::vector<pyobject>& x, const std::vector<pyobject>& y, equal_pairs& seen) {
+  if (x.size() != y.size()) return false;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    if (!equal(x[i], y[i], seen)) return false;
+  return true;
+}
+
+template <typename Ptr, typename Compare>
+bool equal_nodes(const Ptr& x, const Ptr& y, equal_pairs& seen, Compare compare) {
+  if (x == y) return true;
+  const bool shared = x.use_count() > 1 || y.use_count() > 1;
+  const std::pair<const void*, const void*> key{x.get(), y.get()};
+  if (shared && seen.count(key) != 0) return true;
+  if (!compare()) return false;
+  if (shared) seen.insert(key);
+  return true;
+}
+
+bool equal(const pyobject& a, const pyobject& b, equal_pairs& seen) {
+  const auto& av = detail::pickle_access::storage(a);
+  const auto& bv = detail::pickle_access::storage(b);
+  if (av.index() != bv.index()) return false;
+  using A = detail::pickle_access;
   return std::visit(
-      [&b](const auto& x) -> bool {
+      [&](const auto& x) -> bool {
         using X = std::decay_t<decltype(x)>;
-        const X& y = std::get<X>(b.v_);
+        const X& y = std::get<X>(bv);
         if constexpr (std::is_same_v<X, std::monostate>) {
           return true;
         } else if constexpr (std::is_same_v<X, bool> || std::is_same_v<X, std::int64_t>) {
@@ -677,22 +721,36 @@ bool operator==(const pyobject& a, const pyobject& b) noexcept {
         } else if constexpr (std::is_same_v<X, double>) {
           if (std::isnan(x)) return std::isnan(y);
           return x == y && std::signbit(x) == std::signbit(y);
-        } else if constexpr (std::is_same_v<X, std::shared_ptr<const pybigint>>) {
+        } else if constexpr (std::is_same_v<X, A::bigint_p>) {
           return *x == *y;
-        } else if constexpr (std::is_same_v<X, P::str_t> || std::is_same_v<X, P::bytes_t> ||
-                             std::is_same_v<X, P::bytearray_t>) {
+        } else if constexpr (std::is_same_v<X, A::str_t> || std::is_same_v<X, A::bytes_t> ||
+                             std::is_same_v<X, A::bytearray_t>) {
           return x.s == y.s;
-        } else if constexpr (std::is_same_v<X, P::tuple_t> || std::is_same_v<X, P::list_t>) {
-          return x.p == y.p || x.p->items == y.p->items;
-        } else if constexpr (std::is_same_v<X, std::shared_ptr<detail::pydict_node>>) {
-          return x == y || x->dict == y->dict;
-        } else if constexpr (std::is_same_v<X, std::shared_ptr<detail::pyset_node>>) {
-          return x == y || x->set == y->set;
+        } else if constexpr (std::is_same_v<X, A::tuple_t> || std::is_same_v<X, A::list_t>) {
+          return equal_nodes(x.p, y.p, seen, [&] { return equal_items(x.p->items, y.p->items, seen); });
+        } else if constexpr (std::is_same_v<X, A::dict_p>) {
+          return equal_nodes(x, y, seen, [&] {
+            if (x->dict.size() != y->dict.size()) return false;
+            for (const auto& [k, v] : x->dict) {
+              const pyobject* o = y->dict.find(k);
+              if (o == nullptr || !equal(v, *o, seen)) return false;
+            }
+            return true;
+          });
+        } else if constexpr (std::is_same_v<X, A::set_p>) {
+          return equal_nodes(x, y, seen, [&] { return x->set == y->set; });
         } else {
-          return x.p == y.p || x.p->set == y.p->set;
+          return equal_nodes(x.p, y.p, seen, [&] { return x.p->set == y.p->set; });
         }
       },
-      a.v_);
+      av);
+}
+
+} // namespace
+
+bool operator==(const pyobject& a, const pyobject& b) {
+  equal_pairs seen;
+  return equal(a, b, seen);
 }
 
 std::size_t hash_value(const pyobject& o) noexcept {
@@ -715,22 +773,14 @@ std::size_t hash_value(const pyobject& o) noexcept {
         } else if constexpr (std::is_same_v<X, P::str_t> || std::is_same_v<X, P::bytes_t> ||
                              std::is_same_v<X, P::bytearray_t>) {
           return mix(seed, std::hash<std::string_view>{}(x.s));
-        } else if constexpr (std::is_same_v<X, P::tuple_t> || std::is_same_v<X, P::list_t>) {
-          std::size_t h = seed;
-          for (const auto& item : x.p->items) h = mix(h, hash_value(item));
-          return h;
+        } else if constexpr (std::is_same_v<X, P::tuple_t> || std::is_same_v<X, P::frozenset_t>) {
+          return x.p->hash;
+        } else if constexpr (std::is_same_v<X, P::list_t>) {
+          return mix(seed, x.p->items.size());
         } else if constexpr (std::is_same_v<X, std::shared_ptr<detail::pydict_node>>) {
-          std::size_t h = 0;
-          for (const auto& [k, v] : x->dict) h += mix(hash_value(k), hash_value(v));
-          return mix(seed, h);
+          return mix(seed, x->dict.size());
         } else {
-          const pyset& s = [&]() -> const pyset& {
-            if constexpr (std::is_same_v<X, P::frozenset_t>) return x.p->set;
-            else return x->set;
-          }();
-          std::size_t h = 0;
-          for (const auto& k : s) h += mix(0x51ed27, hash_value(k));
-          return mix(seed, h);
+          return mix(seed, x->set.size());
         }
       },
       o.v_);
@@ -752,7 +802,29 @@ void append_repr(std::string& out, const pyobject& o) {
   switch (o.kind()) {
   case pykind::none: out += "None"; return;
   case pykind::bool_: out += o.as_bool() ? "True" : "False"; return;
-  case pykind::int_: out += o.int_to_decimal(); return;
+  case pykind::int_: {
+    // Python's repr() refuses ints beyond 4300 digits (the decimal conversion
+    // is quadratic); coropipe prints those in hexadecimal, a literal Python
+    // reads back as the same int.
+    if (!o.to_int64()) {
+      const pybigint b = o.to_bigint();
+      if (b.magnitude.size() > 440) {
+        static constexpr char hex[] = "0123456789abcdef";
+        out += b.negative ? "-0x" : "0x";
+        bool leading = true;
+        for (std::size_t k = b.magnitude.size(); k-- > 0;)
+          for (int shift = 28; shift >= 0; shift -= 4) {
+            const auto nibble = (b.magnitude[k] >> shift) & 0xFU;
+            if (leading && nibble == 0) continue;
+            leading = false;
+            out += hex[nibble];
+          }
+        return;
+      }
+    }
+    out += o.int_to_decimal();
+    return;
+  }
   case pykind::float_: append_float_repr(out, o.as_float()); return;
   case pykind::str: append_str_repr(out, o.as_str()); return;
   case pykind::bytes: append_bytes_repr(out, o.as_bytes()); return;
@@ -813,6 +885,19 @@ std::string pyobject::repr() const {
 // --- conversion helpers -----------------------------------------------------------------
 
 namespace detail {
+
+void pypath::push_key(const pyobject& k) {
+  // A scalar key as Python prints it; a container by its kind only (its repr
+  // can be as large as the expansion of everything it shares).
+  switch (k.kind()) {
+  case pykind::tuple:
+  case pykind::frozenset: segments_.push_back("[<" + std::string(pykind_name(k.kind())) + ">]"); return;
+  default: break;
+  }
+  std::string r = k.repr();
+  if (r.size() > 80) r = r.substr(0, 77) + "...";
+  segments_.push_back('[' + r + ']');
+}
 
 bool pypath::mismatch(std::string_view expected, const pyobject& got) {
   return fail("expected " + std::string(expected) + ", got " + std::string(pykind_name(got.kind())));

@@ -302,8 +302,9 @@ public:
   /// insertion order; ints of any size in full).
   [[nodiscard]] std::string repr() const;
 
-  friend bool operator==(const pyobject& a, const pyobject& b) noexcept;
-  /// A hash consistent with ==; unhashable kinds hash by content too.
+  friend bool operator==(const pyobject& a, const pyobject& b);
+  /// A hash consistent with ==, in constant time for containers (tuples
+  /// and frozensets keep theirs; list, dict and set hash by kind and size).
   friend std::size_t hash_value(const pyobject& o) noexcept;
 
 private:
@@ -350,6 +351,8 @@ namespace detail {
 // the contents, so no container can come to hold itself.
 struct pyseq_node {
   std::vector<pyobject> items;
+  std::size_t hash = 0;      // a tuple's hash, computed when it is made
+  bool hashable = true;      // a tuple: whether every item is hashable
   std::uint32_t depth = 1;   // the decoder's nesting bookkeeping
   bool shared = false;       // the decoder handed out a second reference
   bool unshareable = false;  // handed out for change
@@ -362,6 +365,7 @@ struct pydict_node {
 };
 struct pyset_node {
   pyset set;
+  std::size_t hash = 0;  // a frozenset's hash, computed when it is made
   std::uint32_t depth = 1;
   bool shared = false;
   bool unshareable = false;
@@ -417,7 +421,7 @@ namespace detail {
 class pypath {
 public:
   void push_index(std::size_t i) { segments_.push_back('[' + std::to_string(i) + ']'); }
-  void push_key(const pyobject& k) { segments_.push_back('[' + k.repr() + ']'); }
+  void push_key(const pyobject& k);
   void pop() { segments_.pop_back(); }
   // Records "<path>: expected <what>, got <kind>" and returns false.
   bool mismatch(std::string_view expected, const pyobject& got);
