@@ -292,6 +292,7 @@ private:
     if (d == nullptr || target.g != global::none)
       fail(std::string(op) + " on a " + std::string(pykind_name(target.obj.kind())) + " is not supported");
     detail::pydict_node& n = open_container(**d, op);
+    n.dict.reserve(n.dict.size() + (stack_.size() - from) / 2);
     for (std::size_t i = from; i < stack_.size(); i += 2) {
       require_hashable(stack_[i].obj, op);
       n.depth = std::max({n.depth, detail::node_depth(stack_[i].obj) + 1, detail::node_depth(stack_[i + 1].obj) + 1});
@@ -577,11 +578,43 @@ private:
   const unsigned char* end_;
   const pickle_options& opts_;
   std::size_t copy_budget_;
-  std::vector<entry> stack_;
-  std::vector<std::size_t> marks_;
-  std::vector<pyobject> memo_;
-  std::vector<unsigned char> memo_present_;
-  std::vector<global> memo_globals_;
+  // The working storage, reused by the thread's next decode (no allocation
+  // in steady state); emptied when a decode ends, however it ends.
+  struct scratch {
+    std::vector<entry> stack;
+    std::vector<std::size_t> marks;
+    std::vector<pyobject> memo;
+    std::vector<unsigned char> memo_present;
+    std::vector<global> memo_globals;
+    void reset() noexcept {
+      stack.clear();
+      marks.clear();
+      memo.clear();
+      memo_present.clear();
+      memo_globals.clear();
+      if (stack.capacity() > 4096) stack = {};
+      if (memo.capacity() > 4096) {
+        memo = {};
+        memo_present = {};
+        memo_globals = {};
+      }
+    }
+  };
+  static scratch& thread_scratch() {
+    thread_local scratch s;
+    return s;
+  }
+  struct reset_at_exit {
+    scratch& s;
+    ~reset_at_exit() { s.reset(); }
+  };
+  scratch& scratch_ = thread_scratch();
+  reset_at_exit reset_{scratch_};
+  std::vector<entry>& stack_ = scratch_.stack;
+  std::vector<std::size_t>& marks_ = scratch_.marks;
+  std::vector<pyobject>& memo_ = scratch_.memo;
+  std::vector<unsigned char>& memo_present_ = scratch_.memo_present;
+  std::vector<global>& memo_globals_ = scratch_.memo_globals;
   std::unordered_map<std::uint64_t, entry> memo_sparse_;
   std::size_t memo_count_ = 0;
 };

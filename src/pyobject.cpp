@@ -248,7 +248,7 @@ namespace detail {
 
 // Open addressing over item indexes, built once a container passes a few
 // items (below that a scan is faster than hashing).
-constexpr std::size_t index_threshold = 8;
+constexpr std::size_t index_threshold = 16;
 
 template <typename KeyOf>
 std::ptrdiff_t index_lookup(const pyhashed_index& idx, std::size_t n, const pyobject& key, std::size_t hash,
@@ -315,7 +315,9 @@ const pyobject& pydict::at(const pyobject& key) const {
 
 void pydict::insert_or_assign(pyobject key, pyobject value) {
   if (!key.is_hashable()) invalid("unhashable type: '" + std::string(pykind_name(key.kind())) + "'");
-  const std::size_t h = hash_value(key);
+  // Small dicts are scanned: no hash needed until the index is built.
+  const std::size_t h =
+      index_.slots.empty() && items_.size() + 1 <= detail::index_threshold ? 0 : hash_value(key);
   const auto i = lookup(key, h);
   if (i >= 0) items_[static_cast<std::size_t>(i)].second = std::move(value);
   else add_new(std::move(key), std::move(value), h);
@@ -352,7 +354,8 @@ bool pyset::contains(const pyobject& key) const {
 
 bool pyset::insert(pyobject key) {
   if (!key.is_hashable()) invalid("unhashable type: '" + std::string(pykind_name(key.kind())) + "'");
-  const std::size_t h = hash_value(key);
+  const std::size_t h =
+      index_.slots.empty() && items_.size() + 1 <= detail::index_threshold ? 0 : hash_value(key);
   if (lookup(key, h) >= 0) return false;
   items_.push_back(std::move(key));
   detail::index_add(index_, items_.size(), h, [this](std::size_t i) -> const pyobject& { return items_[i]; });

@@ -123,6 +123,8 @@ public:
   pyobject& operator[](const pyobject& key);
   /// Removes all items.
   void clear() noexcept;
+  /// Makes room for @p n items in all.
+  void reserve(std::size_t n) { items_.reserve(n); }
 
   friend bool operator==(const pydict& a, const pydict& b);
 
