@@ -124,7 +124,7 @@ public:
   /// Removes all items.
   void clear() noexcept;
   /// Makes room for @p n items in all.
-  void reserve(std::size_t n) { items_.reserve(n); }
+  void reserve(std::size_t n);
 
   friend bool operator==(const pydict& a, const pydict& b);
 
@@ -341,6 +341,7 @@ inline bool pydict::empty() const noexcept { return items_.empty(); }
 inline pydict::const_iterator pydict::begin() const noexcept { return items_.begin(); }
 inline pydict::const_iterator pydict::end() const noexcept { return items_.end(); }
 inline const std::vector<pydict::value_type>& pydict::items() const noexcept { return items_; }
+inline void pydict::reserve(std::size_t n) { items_.reserve(n); }
 inline std::size_t pyset::size() const noexcept { return items_.size(); }
 inline bool pyset::empty() const noexcept { return items_.empty(); }
 inline pyset::const_iterator pyset::begin() const noexcept { return items_.begin(); }
