@@ -7,6 +7,7 @@
 #include <coropipe/channel.hpp>
 #include <coropipe/child.hpp>
 #include <coropipe/communicate.hpp>
+#include <coropipe/decode_error.hpp>
 #include <coropipe/error.hpp>
 #include <coropipe/exit_status.hpp>
 #include <coropipe/fork.hpp>
@@ -14,6 +15,7 @@
 #include <coropipe/framed_stream.hpp>
 #include <coropipe/io.hpp>
 #include <coropipe/line_reader.hpp>
+#include <coropipe/pickle.hpp>
 #include <coropipe/pipe.hpp>
 #include <coropipe/pipeline.hpp>
 #include <coropipe/sigpipe.hpp>
