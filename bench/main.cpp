@@ -5,6 +5,7 @@
 // By default the process is pinned to one CPU and the streaming cases'
 // children (raw and coropipe alike) to another: see pin_cpus().
 #include "cases.hpp"
+#include "pickle_cases.hpp"
 #include "harness.hpp"
 
 #include <coropipe/pipe.hpp>
@@ -204,6 +205,23 @@ std::vector<case_spec> all_cases(const settings& s) {
   cases.push_back({"memory: heap per open channel", "{\"pairs\": 100}", "bytes", better::lower, std::nullopt,
                    [] { return heap_per_channel(100); }, {}, "read-ahead and send queue of one channel end after traffic"});
   add_socket_cases(cases, s);
+  // 8. Structured messages: a dict of 10 str keys to small ints, floats and
+  // short strings, through the pickle codec against Python's own pickle in
+  // this run (python3 -c timeit); the JSON codec's rate reported beside.
+  const int msgs = s.quick ? 20000 : 200000;
+  const std::string msg_params = "{\"message\": \"dict of 10 str keys\", \"messages\": " + std::to_string(msgs) + "}";
+  cases.push_back({"pickle: encode a 10-key dict (vs Python's pickle.dumps)", msg_params, "msg/s", better::higher, 5.0,
+                   [=] { return pickle_encode_rate(msgs); }, [=] { return python_dumps_rate(msgs); },
+                   "codec<pyobject>::encode against pickle.dumps(d, 4) in python3"});
+  cases.push_back({"pickle: decode a 10-key dict (vs Python's pickle.loads)", msg_params, "msg/s", better::higher, 5.0,
+                   [=] { return pickle_decode_rate(msgs); }, [=] { return python_loads_rate(msgs); },
+                   "codec<pyobject>::decode of Python's bytes against pickle.loads in python3"});
+#if defined(COROPIPE_BENCH_JSON)
+  cases.push_back({"json: encode the same dict (nlohmann-json)", msg_params, "msg/s", better::higher, std::nullopt,
+                   [=] { return json_encode_rate(msgs); }, {}, "codec<nlohmann::json>::encode"});
+  cases.push_back({"json: decode the same dict (nlohmann-json)", msg_params, "msg/s", better::higher, std::nullopt,
+                   [=] { return json_decode_rate(msgs); }, {}, "codec<nlohmann::json>::decode"});
+#endif
   return cases;
 }
 

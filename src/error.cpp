@@ -42,6 +42,8 @@ public:
     case errc::unauthenticated_remote_listener:
       return "refusing to listen on a non-loopback TCP address without an authkey "
              "(set one, or listen_options::allow_unauthenticated_remote)";
+    case errc::nesting_too_deep:
+      return "message nested deeper than the decoder's limit";
     }
     return "unknown coropipe error " + std::to_string(value);
   }

@@ -581,4 +581,21 @@ TEST_CASE("echo_server --max-clients: clients beyond the limit wait their turn")
   CHECK(b.out == "two\n");
   const auto s = stop(server);
   CHECK(status_of(s).exit_code() == 0);
+TEST_CASE("py_dicts: C++ sends dicts to an unmodified Python worker and gets dicts back") {
+  const std::string python = coropipe_test::find_on_path("python3");
+  if (python.empty()) {
+    MESSAGE("SKIPPED: no python3 on PATH, so the Python interoperability test cannot run");
+    return;
+  }
+  const auto r = run_program({COROPIPE_SAMPLE_PY_DICTS, COROPIPE_SAMPLE_PY_WORKER, python});
+  INFO("stderr: " << r.err);
+  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(r.out ==
+        "{'id': 0, 'words': 2, 'shout': 'SPAM 0', 'letters': ['0', 'S', 'a', 'm', 'p']}\n  2 words\n"
+        "{'id': 1, 'words': 2, 'shout': 'LOVELY SPAM', 'letters': ['a', 'e', 'l', 'm', 'o', 'p', 's', 'v', 'y']}\n"
+        "  2 words\n"
+        "{'id': 2, 'words': 4, 'shout': 'WONDERFUL SPAM AND EGGS', 'letters': "
+        "['a', 'd', 'e', 'f', 'g', 'l', 'm', 'n', 'o', 'p', 'r', 's', 'u', 'w']}\n  4 words\n"
+        "worker exited with 0\n");
+  CHECK(run_program({COROPIPE_SAMPLE_PY_DICTS}).wait_status != 0);
 }

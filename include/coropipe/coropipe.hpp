@@ -8,6 +8,7 @@
 #include <coropipe/channel.hpp>
 #include <coropipe/child.hpp>
 #include <coropipe/communicate.hpp>
+#include <coropipe/decode_error.hpp>
 #include <coropipe/error.hpp>
 #include <coropipe/exit_status.hpp>
 #include <coropipe/fd_passing.hpp>
@@ -18,6 +19,7 @@
 #include <coropipe/io.hpp>
 #include <coropipe/line_reader.hpp>
 #include <coropipe/listener.hpp>
+#include <coropipe/pickle.hpp>
 #include <coropipe/pipe.hpp>
 #include <coropipe/pipeline.hpp>
 #include <coropipe/sigpipe.hpp>

@@ -51,6 +51,9 @@ enum class errc {
   /// can reach it would be accepted. Set an authkey, or opt out explicitly
   /// (listen_options::allow_unauthenticated_remote).
   unauthenticated_remote_listener,
+  /// A structured message (a pickle) nests containers deeper than the
+  /// decoder's limit (coropipe::pickle_options::max_depth).
+  nesting_too_deep,
 };
 
 /// The base of error categories in the flavour's error-code system:
