@@ -589,7 +589,7 @@ TEST_CASE("py_dicts: C++ sends dicts to an unmodified Python worker and gets dic
   }
   const auto r = run_program({COROPIPE_SAMPLE_PY_DICTS, COROPIPE_SAMPLE_PY_WORKER, python});
   INFO("stderr: " << r.err);
-  CHECK(status_of(r) == exit_status::exited(0));
+  CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out ==
         "{'id': 0, 'words': 2, 'shout': 'SPAM 0', 'letters': ['0', 'S', 'a', 'm', 'p']}\n  2 words\n"
         "{'id': 1, 'words': 2, 'shout': 'LOVELY SPAM', 'letters': ['a', 'e', 'l', 'm', 'o', 'p', 's', 'v', 'y']}\n"
