@@ -2,7 +2,7 @@
 // echo_server: a coropipe listener that Python's multiprocessing.connection
 // Client can talk to. Sends every message it receives back to its sender.
 //
-//   echo_server --listen ADDRESS [--authkey-env NAME] [--max-clients N]
+//   echo_server --listen ADDRESS [--authkey-env NAME] [--max-clients N] [--objects]
 //
 // ADDRESS: /path/to.sock, @abstract-name, 127.0.0.1:PORT or [::1]:PORT (port
 // 0 picks a free one). The first line on stdout is "listening on ADDRESS",
@@ -10,7 +10,11 @@
 // (never from the command line, where `ps` shows it). A client that fails
 // authentication gets nothing; one line goes to stderr and the server carries
 // on. SIGINT or SIGTERM: close the listener (removing a socket file), exit 0.
-// Bad flags: usage on stderr, exit 2.
+// With --objects each message is decoded as a pickle (coropipe::pyobject) and
+// encoded again before it goes back, so a Python `conn.send(obj)` /
+// `conn.recv()` round trip returns an equal object; a message that does not
+// decode gets back the pickled str "error: <what was wrong>" and the
+// connection stays usable. Bad flags: usage on stderr, exit 2.
 #include <coropipe/coropipe.hpp>
 #include <coropipe/listener.hpp>
 
@@ -23,13 +27,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace {
 
-constexpr const char* usage = "usage: echo_server --listen ADDRESS [--authkey-env NAME] [--max-clients N]\n";
+constexpr const char* usage =
+    "usage: echo_server --listen ADDRESS [--authkey-env NAME] [--max-clients N] [--objects]\n";
 constexpr auto as_tuple = coropipe::compat::as_tuple(asio::use_awaitable);
 
 // [docs:echo-server-session]
@@ -41,10 +48,28 @@ asio::awaitable<void> serve(coropipe::socket_stream s) {
 }
 // [docs:end]
 
+// [docs:echo-server-objects]
+// One client of --objects: every message is a pickle, decoded into a
+// pyobject and encoded again; one that does not decode is answered with the
+// pickled str "error: ..." (the decoder never runs code from a message).
+asio::awaitable<void> serve_objects(coropipe::socket_stream s) {
+  while (std::optional<coropipe::message_view> msg = co_await s.async_receive(asio::use_awaitable)) {
+    std::vector<std::byte> reply;
+    try {
+      reply = coropipe::pickle_reencode(std::as_bytes(std::span(msg->data(), msg->size())));
+    } catch (const coropipe::decode_error& e) {
+      reply = coropipe::pickle_dumps(coropipe::pyobject(std::string("error: ") + e.what()));
+    }
+    co_await s.async_send(asio::buffer(reply), asio::use_awaitable);
+  }
+  co_await s.async_close(asio::use_awaitable);
+}
+// [docs:end]
+
 // [docs:echo-server-accept]
 // Accepts clients for ever, each served on its own coroutine; at most
 // max_clients at once (0: no limit).
-asio::awaitable<void> accept_clients(coropipe::listener& l, std::size_t max_clients) {
+asio::awaitable<void> accept_clients(coropipe::listener& l, std::size_t max_clients, bool objects) {
   auto ex = co_await asio::this_coro::executor;
   std::size_t clients = 0;
   asio::steady_timer client_left(ex, asio::steady_timer::time_point::max());
@@ -58,7 +83,7 @@ asio::awaitable<void> accept_clients(coropipe::listener& l, std::size_t max_clie
       continue;
     }
     ++clients;
-    asio::co_spawn(ex, serve(std::move(s)), [&clients, &client_left](std::exception_ptr e) {
+    asio::co_spawn(ex, objects ? serve_objects(std::move(s)) : serve(std::move(s)), [&clients, &client_left](std::exception_ptr e) {
       --clients;
       client_left.cancel();
       if (e) {
@@ -79,9 +104,7 @@ int main(int argc, char** argv) {
   std::optional<coropipe::address> where;
   coropipe::listen_options options;
   std::size_t max_clients = 0;
-  // [objects-flag] A flag such as `--objects` (pickled Python objects, echoed
-  // after a round trip through the pickle codec) is parsed here and selects
-  // the session coroutine below.
+  bool objects = false;  // --objects: pickled Python objects, re-encoded
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
     try {
@@ -94,6 +117,8 @@ int main(int argc, char** argv) {
         options.authkey = value;
       } else if (arg == "--max-clients" && i + 1 < argc) {
         max_clients = static_cast<std::size_t>(samples::parse_number(arg, argv[++i], 0, 1 << 20));
+      } else if (arg == "--objects") {
+        objects = true;
       } else if (arg == "--help") {
         std::printf("%s", usage);
         return 0;
@@ -122,7 +147,7 @@ int main(int argc, char** argv) {
       l.close();
       io.stop();
     });
-    asio::co_spawn(io, accept_clients(l, max_clients), [](std::exception_ptr e) {
+    asio::co_spawn(io, accept_clients(l, max_clients, objects), [](std::exception_ptr e) {
       if (e) std::rethrow_exception(e);
     });
     io.run();

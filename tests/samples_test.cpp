@@ -472,6 +472,7 @@ TEST_CASE("errors_and_races: what docs/errors.md says each case prints") {
         "||: branch 1 won\n"
         "parallel group: the receive first, malformed frame header; the timer cancelled\n"
         "out of io.run(): an error nobody caught\n");
+}
 
 // --- echo_server and msg_client (sockets) ----------------------------------------------
 
@@ -557,6 +558,36 @@ TEST_CASE("echo_server + msg_client: authkey from the environment; a wrong key i
   CHECK(std::count(s.err.begin(), s.err.end(), '\n') == 1);
 }
 
+TEST_CASE("echo_server --objects: Python's send(obj)/recv() round trip gives an equal object; garbage gets an error str") {
+  const std::string python = COROPIPE_SAMPLE_PYTHON;
+  if (python.empty()) {
+    MESSAGE("no Python found at configure time: echo_server --objects is SKIPPED");
+    return;
+  }
+  const std::string path = socket_path("objects");
+  auto [server, addr] = start_echo_server({"--listen", path, "--objects"});
+  const auto py = coropipe_test::run_program(
+      {python, "-c",
+       "import sys\nfrom multiprocessing.connection import Client\n"
+       "c = Client(sys.argv[1])\n"
+       "shared = [1, 2]\n"
+       "for obj in [{'name': 'spam', 'n': 2**70, 'x': -0.0, (1, 'k'): {b'b', None}}, [shared, shared],\n"
+       "            bytearray(b'ab'), frozenset({1, 2}), 'caf\\u00e9 \\U0001F600', (), {}]:\n"
+       "    c.send(obj)\n"
+       "    back = c.recv()\n"
+       "    assert back == obj and type(back) is type(obj), (obj, back)\n"
+       "c.send_bytes(b'not a pickle')\n"
+       "err = c.recv()\n"
+       "assert isinstance(err, str) and err.startswith('error: '), err\n"
+       "c.send(42); assert c.recv() == 42\n"
+       "print('ok')",
+       addr});
+  CHECK(py.err == "");
+  CHECK(py.out == "ok\n");
+  const auto s = stop(server);
+  CHECK(status_of(s).exit_code() == 0);
+}
+
 TEST_CASE("echo_server and msg_client: bad flags exit 2 with the usage; a refused connection exits 1") {
   for (const auto& args : std::vector<std::vector<std::string>>{
            {echo_server}, {echo_server, "--bogus"}, {echo_server, "--listen", "[::1]"},
@@ -581,6 +612,8 @@ TEST_CASE("echo_server --max-clients: clients beyond the limit wait their turn")
   CHECK(b.out == "two\n");
   const auto s = stop(server);
   CHECK(status_of(s).exit_code() == 0);
+}
+
 TEST_CASE("py_dicts: C++ sends dicts to an unmodified Python worker and gets dicts back") {
   const std::string python = coropipe_test::find_on_path("python3");
   if (python.empty()) {
