@@ -29,6 +29,16 @@ public:
       return "message does not decode as the expected type";
     case errc::invalid_argument:
       return "invalid argument";
+    case errc::child_failed:
+      return "a child process of the scope failed";
+    case errc::scope_closed:
+      return "the process scope has ended its body and takes no more children";
+    case errc::worker_died:
+      return "the pool worker handling the request died";
+    case errc::pool_restart_budget_exhausted:
+      return "the pool cannot keep its workers alive (restart budget exhausted)";
+    case errc::pool_closed:
+      return "the pool is shut down";
     }
     return "unknown coropipe error " + std::to_string(value);
   }

@@ -36,6 +36,20 @@ enum class errc {
   decode_failed,
   /// An argument that can never be valid (an empty argv, an embedded NUL, ...).
   invalid_argument,
+  /// A child of a process scope failed (exited non-zero or was killed) and
+  /// the scope was set to fail with it (see scope.hpp, child_failed_error).
+  child_failed,
+  /// A child was handed to a process scope that has already ended its body.
+  scope_closed,
+  /// A pool worker died (was killed, exited, closed its pipe or sent a
+  /// message that is not a reply) while it held the request (see pool.hpp,
+  /// worker_failure()).
+  worker_died,
+  /// A pool could not keep its workers alive: they kept dying faster than its
+  /// restart budget allows.
+  pool_restart_budget_exhausted,
+  /// The pool is shut down (or shutting down) and takes no more requests.
+  pool_closed,
 };
 
 /// The category of coropipe's own errors; its name() is "coropipe".
