@@ -129,6 +129,20 @@
 
 namespace coropipe {
 
+/// How a worker ended, as told to pool_options::on_worker_exit.
+struct worker_exit {
+  /// The worker's position in the pool (0 to workers - 1).
+  std::size_t position = 0;
+  /// Its pid.
+  pid_t pid = 0;
+  /// How it ended.
+  exit_status status{};
+  /// False for a crash (died, exited on its own, closed its pipe, sent
+  /// garbage); true when the pool ended it (shutdown, retirement after
+  /// max_requests_per_worker, a cancelled or timed-out request it was busy with).
+  bool expected = false;
+};
+
 /// Tuning of a pool; the defaults suit most uses.
 struct pool_options {
   /// The number of workers; 0: the number of CPUs.
@@ -156,6 +170,9 @@ struct pool_options {
   std::size_t max_reply_size = default_max_message_size;
   /// How long a worker asked to exit (shutdown, retirement) gets before SIGKILL.
   std::chrono::steady_clock::duration stop_grace = std::chrono::seconds(2);
+  /// Called on the pool's executor each time a worker has ended and been
+  /// reaped (before its replacement starts); may be empty.
+  std::function<void(const worker_exit&)> on_worker_exit{};
 };
 
 /// What became of a request; filled when its async_submit() completes.
@@ -705,6 +722,7 @@ private:
                                                        expected ? 15 : 9, tuple);
       if (!wec) stats_[index].last_exit = status;
       stats_[index].pid = 0;
+      if (opts_.on_worker_exit && !wec) opts_.on_worker_exit(worker_exit{index, w->proc.pid(), status, expected});
       // Its requests: sent again, or failed with its status.
       std::deque<request*> held;
       held.swap(w->inflight);
@@ -762,6 +780,8 @@ public:
   using executor_type = asio::any_io_executor;
   using request_type = Request;
   using reply_type = Reply;
+  /// pool_workers of this pool's types.
+  using workers_type = pool_workers<Request, Reply>;
 
   /// Starts the workers (forked ones before this returns, spawned ones too:
   /// spawn() returns once the program is exec'd).
