@@ -4,6 +4,7 @@
 import sys
 from multiprocessing.connection import Connection
 
+# [docs:python-worker]
 def main():
     rx, tx = Connection(0), Connection(1)
     while True:
@@ -16,6 +17,7 @@ def main():
             import os
             os.abort()
         tx.send_bytes((x * 2).to_bytes(4, sys.byteorder, signed=True))
+# [docs:end]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -486,3 +486,39 @@ TEST_CASE("prime_pool: bad flags give the usage on stderr, exit 2") {
     CHECK(r.err.find("usage: prime_pool") != std::string::npos);
   }
 }
+
+namespace {
+// The shell's background sleep, killed by the scope, is re-parented to this
+// subreaper (its own parent is gone): it must be dead already, a zombie.
+// Reaps such orphans; true when every child of this process was dead.
+bool orphans_were_dead() {
+  bool dead = true;
+  for (pid_t pid : coropipe_test::children_of(::getpid())) {
+    for (int i = 0; i < 500 && coropipe_test::process_state(pid) != 'Z'; ++i) ::usleep(1000);
+    dead = dead && coropipe_test::process_state(pid) == 'Z';
+    ::kill(pid, SIGKILL);
+    coropipe_test::wait_for_pid(pid, 5000ms);
+  }
+  return dead;
+}
+} // namespace
+
+TEST_CASE("scoped_children: the scope stops the sleepers (grandchild included) and reaps them") {
+  const std::string scoped = COROPIPE_SAMPLE_SCOPED_CHILDREN;
+  const auto start = std::chrono::steady_clock::now();
+  auto r = run_program({scoped});
+  CHECK(status_of(r).success());
+  CHECK(r.out == "worker exited with 0\nscope ended, nothing left running\n");
+  CHECK(std::chrono::steady_clock::now() - start < 30s);
+  CHECK(orphans_were_dead());
+  CHECK_FALSE(coropipe_test::has_children());
+  r = run_program({scoped, "--fail"});
+  CHECK(status_of(r).exit_code() == 1);
+  CHECK(r.err.find("scoped_children: coropipe::async_scope: child ") == 0);
+  CHECK(r.err.find("(forked child) exited with 3") != std::string::npos);
+  CHECK(r.out.find("scope ended") == std::string::npos);
+  CHECK(orphans_were_dead());
+  CHECK_FALSE(coropipe_test::has_children());
+  r = run_program({scoped, "--bogus"});
+  CHECK(status_of(r).exit_code() == 2);
+}
