@@ -407,3 +407,27 @@ TEST_CASE("without retries, killed workers fail their requests and the numbers a
     co_await p.async_shutdown(use_awaitable);
   }());
 }
+
+TEST_CASE("large requests (beyond the copy threshold and the send buffer) are dispatched and answered") {
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    using blob_pool = coropipe::pool<std::vector<char>, std::int64_t>;
+    blob_pool p(io.get_executor(),
+                blob_pool::workers_type::forked([](std::vector<char> v) -> awaitable<std::int64_t> {
+                  co_return static_cast<std::int64_t>(v.size()) + v.front();
+                }),
+                {.workers = 2, .window = 4});
+    int right = 0, done = 0;
+    asio::steady_timer all(io, std::chrono::steady_clock::time_point::max());
+    for (int i = 0; i < 20; ++i) {
+      std::vector<char> v(std::size_t{1} << 20, static_cast<char>(i));
+      p.async_submit(v, [&, i](coropipe::error_code ec, std::int64_t r) {
+        right += !ec && r == (std::int64_t{1} << 20) + i;
+        if (++done == 20) all.cancel();
+      });
+    }
+    while (done < 20) (void)co_await all.async_wait(as_tuple);
+    CHECK(right == 20);
+    co_await p.async_shutdown(use_awaitable);
+  }());
+}

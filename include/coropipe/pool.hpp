@@ -113,12 +113,14 @@
 #include <cerrno>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstddef>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -347,7 +349,19 @@ struct pool_request {
   request_info info;
   asio::steady_timer* wake = nullptr;
   bool done = false;
-  std::vector<std::byte> bytes;  // the encoded request, kept for retries
+  // The encoded request, kept for retries: inline when small (no allocation).
+  std::array<std::byte, 64> small{};
+  std::size_t size = 0;
+  std::vector<std::byte> large;
+
+  void store(const std::vector<std::byte>& encoded) {
+    size = encoded.size();
+    if (size <= small.size()) std::copy(encoded.begin(), encoded.end(), small.begin());
+    else large = encoded;
+  }
+  [[nodiscard]] asio::const_buffer payload() const noexcept {
+    return size <= small.size() ? asio::const_buffer(small.data(), size) : asio::buffer(large);
+  }
 };
 
 // The parts of a pool that do not depend on its types.
@@ -399,7 +413,9 @@ public:
     asio::steady_timer wake(ex_);
     request r;
     r.wake = &wake;
-    codec<Request>::encode(value, r.bytes);
+    scratch_.clear();
+    codec<Request>::encode(value, scratch_);
+    r.store(scratch_);
     // Backpressure: wait for room in the queue.
     while (!closed_ && !broken_ && queue_.size() >= opts_.queue_limit) {
       (void)co_await room_.async_wait(compat::as_tuple(asio::use_awaitable));
@@ -503,7 +519,7 @@ private:
       }
       if (!best) return;
       request* r = queue_.front();
-      if (!best->tx.try_send(asio::buffer(r->bytes))) {
+      if (!best->tx.try_send(r->payload())) {
         best->blocked = true;
         continue;
       }
@@ -610,7 +626,7 @@ private:
           },
           std::move(req.read_end), std::move(rep.write_end));
       if (ec) return nullptr;
-      w->tx = framed_stream<stream>(attach(ex_, std::move(req.write_end), ec));
+      w->tx = framed_stream<stream>(attach(ex_, std::move(req.write_end), ec), request_options());
       if (ec) return nullptr;
       w->rx = channel<Reply, Reply>(attach(ex_, std::move(rep.read_end), ec), reply_options());
       if (ec) return nullptr;
@@ -624,10 +640,18 @@ private:
     so.parent_death_signal = 9;
     process p = coropipe::spawn(ex_, std::move(so), ec);
     if (ec) return nullptr;
-    w->tx = framed_stream<stream>(std::move(p.stdin_pipe()));
+    w->tx = framed_stream<stream>(std::move(p.stdin_pipe()), request_options());
     w->rx = channel<Reply, Reply>(std::move(p.stdout_pipe()), reply_options());
     w->proc = std::move(p);  // the pipes have been taken: only the child is kept
     return w;
+  }
+
+  // Every request is copied into the send queue (dispatch never waits), so
+  // a large one is never refused for its size.
+  static framed_options request_options() {
+    framed_options fo;
+    fo.copy_threshold = std::numeric_limits<std::size_t>::max();
+    return fo;
   }
 
   framed_options reply_options() const {
@@ -764,6 +788,7 @@ private:
   std::vector<std::shared_ptr<worker>> workers_;
   std::vector<worker_stats> stats_;
   std::deque<std::chrono::steady_clock::time_point> restarts_;
+  std::vector<std::byte> scratch_;  // encoding, reused
   std::size_t running_ = 0;  // worker positions' coroutines
   bool closed_ = false;
   bool stopping_ = false;
