@@ -39,7 +39,7 @@ awaitable<void> unpin() {
   cpu_set_t all;
   CPU_ZERO(&all);
   const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
-  for (long i = 0; i < n; ++i) CPU_SET(static_cast<int>(i), &all);
+  for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i) CPU_SET(i, &all);
   ::sched_setaffinity(0, sizeof all, &all);
   co_return;
 }
