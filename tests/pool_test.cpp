@@ -305,6 +305,7 @@ TEST_CASE("spawned C++ workers (serve_stdio): replies, stray printf, garbage, fa
                  {.workers = 1, .restart_budget = 2, .restart_backoff = 1ms});
       auto [ec, r] = co_await p.async_submit(1, as_tuple);
       CHECK(ec == coropipe::errc::pool_restart_budget_exhausted);
+      CHECK(p.last_start_error() == std::errc::no_such_file_or_directory);
       co_await p.async_shutdown(use_awaitable);
     }
   }());

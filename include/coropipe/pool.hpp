@@ -66,11 +66,10 @@
 /// ### Lifetime
 /// async_shutdown() stops taking requests (new ones fail with
 /// `errc::pool_closed`), finishes everything queued, closes the workers'
-/// stdin (end of input: they exit) and reaps them. shutdown_now() fails what
-/// is pending with `errc::pool_closed`, kills the workers and reaps them (its
-/// completion: async_shutdown() with `shutdown_mode::immediate`).
-/// Destroying the pool does the same at once, synchronously: SIGKILL and
-/// reap. So a pool that is a local of a scope's body (or of any coroutine)
+/// stdin (end of input: they exit) and reaps them. With
+/// `shutdown_mode::immediate` it fails what is pending with
+/// `errc::pool_closed`, kills the workers and reaps them. Destroying the
+/// pool does the same at once, synchronously: SIGKILL and reap. So a pool that is a local of a scope's body (or of any coroutine)
 /// leaves nothing running when it ends. A pool is used from one thread (its
 /// executor's; run it on a single-threaded io_context or a strand).
 ///
@@ -504,6 +503,7 @@ public:
     return n;
   }
   [[nodiscard]] bool broken() const noexcept { return broken_; }
+  [[nodiscard]] error_code last_start_error() const noexcept { return start_error_; }
   [[nodiscard]] const asio::any_io_executor& executor() const noexcept { return ex_; }
 
 private:
@@ -706,7 +706,8 @@ private:
         stats_[index].last_exit.reset();
         start_error_ = ec;
         ++consecutive;
-        if (!budget_allows()) {
+        // Errors that no retry can cure end the pool at once.
+        if (ec == errc::fork_in_threaded_process || ec == errc::invalid_argument || !budget_allows()) {
           give_up();
           break;
         }
@@ -877,8 +878,13 @@ public:
   [[nodiscard]] std::size_t queued() const noexcept { return st_->queued(); }
   /// Requests sent to workers and not answered yet.
   [[nodiscard]] std::size_t in_flight() const noexcept { return st_->in_flight(); }
-  /// True once the restart budget is exhausted.
+  /// True once the restart budget is exhausted (or a worker could not be
+  /// started for a reason no retry cures: `errc::fork_in_threaded_process`,
+  /// `errc::invalid_argument`).
   [[nodiscard]] bool broken() const noexcept { return st_->broken(); }
+  /// Why the last worker that could not be started failed (fork_child() or
+  /// spawn()'s error, e.g. ENOENT for a missing program); empty if none.
+  [[nodiscard]] error_code last_start_error() const noexcept { return st_->last_start_error(); }
 
 private:
   static asio::awaitable<Reply> submit_throwing(std::shared_ptr<detail::pool_state<Request, Reply>> st,

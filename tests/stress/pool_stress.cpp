@@ -252,6 +252,7 @@ TEST_CASE("a pool in a process with threads: forked workers are refused, spawned
                  {.workers = 1, .restart_budget = 2, .restart_backoff = 1ms});
       auto [ec, r] = co_await p.async_submit(1, as_tuple);
       CHECK(ec == coropipe::errc::pool_restart_budget_exhausted);
+      CHECK(p.last_start_error() == coropipe::errc::fork_in_threaded_process);
       co_await p.async_shutdown(use_awaitable);
     }
     int_pool p(io.get_executor(), int_workers::spawned({COROPIPE_POOL_WORKER, "inc"}), {.workers = 2});
