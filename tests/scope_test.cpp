@@ -262,7 +262,7 @@ TEST_CASE("grandchildren in a spawned leader's process group are killed when the
 
 TEST_CASE("a forked child in a new process group: its own children are killed with it") {
   asio::io_context io;
-  auto [rd, wr] = coropipe::pipe();
+  auto ends = coropipe::pipe();  // not a structured binding: clang 14 cannot capture those
   run(io, [&]() -> awaitable<void> {
     co_await coropipe::async_scope(
         io.get_executor(), coropipe::scope_options{.at_end = coropipe::scope_end::wait_for_children},
@@ -278,12 +278,12 @@ TEST_CASE("a forked child in a new process group: its own children are killed wi
                    (void)!::write(w.get(), text.data(), text.size());
                    co_return 0;
                  },
-                 std::move(wr));
+                 std::move(ends.write_end));
           co_return;
         },
         use_awaitable);
   }());
-  const std::string text = coropipe_test::read_all(rd.get(), 5000ms);
+  const std::string text = coropipe_test::read_all(ends.read_end.get(), 5000ms);
   const pid_t grandchild = std::stoi(text);
   const auto status = coropipe_test::wait_for_pid(grandchild, 5000ms);
   REQUIRE(status.has_value());

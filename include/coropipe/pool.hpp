@@ -743,8 +743,10 @@ private:
       const bool expected = w->expected_end;
       error_code ignored;
       w->tx.next_layer().close(ignored);
+      // No signal at first (signal 0 only checks): a worker on its way out
+      // ends on its own, with its own status; SIGKILL once the grace is over.
       auto [wec, status] = co_await w->proc.async_stop(expected ? opts_.stop_grace : std::chrono::milliseconds(100),
-                                                       expected ? 15 : 9, tuple);
+                                                       0, tuple);
       if (!wec) stats_[index].last_exit = status;
       stats_[index].pid = 0;
       if (opts_.on_worker_exit && !wec) opts_.on_worker_exit(worker_exit{index, w->proc.pid(), status, expected});
