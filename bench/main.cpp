@@ -6,6 +6,7 @@
 // children (raw and coropipe alike) to another: see pin_cpus().
 #include "cases.hpp"
 #include "pickle_cases.hpp"
+#include "pool_cases.hpp"
 #include "harness.hpp"
 
 #include <coropipe/pipe.hpp>
@@ -222,6 +223,34 @@ std::vector<case_spec> all_cases(const settings& s) {
   cases.push_back({"json: decode the same dict (nlohmann-json)", msg_params, "msg/s", better::higher, std::nullopt,
                    [=] { return json_decode_rate(msgs); }, {}, "codec<nlohmann::json>::decode"});
 #endif
+  // 9. Worker pools (2 forked workers, int -> int) against Python's pools,
+  // run by the bench itself; latency against case 3's raw ping-pong.
+  const int pool_requests = s.quick ? 50000 : 200000;
+  cases.push_back({"pool: single requests vs ProcessPoolExecutor.submit",
+                   "{\"workers\": 2, \"requests\": " + std::to_string(pool_requests) + ", \"python\": 3000}",
+                   "requests/s", better::higher, 100.0, [=] { return pool_submit_rate(pool_requests); },
+                   [=] { return python_executor_submit_rate(s.quick ? 1000 : 3000); },
+                   "baseline: python3, ProcessPoolExecutor(2).submit(x + 1) for each request, then result()"});
+  cases.push_back({"pool: single requests vs Pool.imap_unordered(chunksize=1)",
+                   "{\"workers\": 2, \"requests\": " + std::to_string(pool_requests) + ", \"python\": 20000}",
+                   "requests/s", better::higher, 50.0, [=] { return pool_submit_rate(pool_requests); },
+                   [=] { return python_imap_rate(s.quick ? 5000 : 20000, "1"); },
+                   "baseline: python3, multiprocessing.Pool(2).imap_unordered(x + 1, chunksize=1)"});
+  const int map_items = s.quick ? 200000 : 1000000;
+  cases.push_back({"pool: async_map vs Pool.imap_unordered at its best chunksize",
+                   "{\"workers\": 2, \"items\": " + std::to_string(map_items) + "}", "items/s", better::higher, 2.0,
+                   [=] { return pool_map_rate(map_items); },
+                   [=] { return python_imap_rate(map_items, "64,256,1024,4096,8192"); },
+                   "baseline: the best of imap_unordered with chunksize 64, 256, 1024, 4096, 8192"});
+  const int pool_rounds = s.quick ? 5000 : 15000;
+  cases.push_back({"pool: one request at a time vs raw ping-pong",
+                   "{\"workers\": 2, \"rounds\": " + std::to_string(pool_rounds) + "}", "us/round trip",
+                   better::lower, 1 / 1.2, [=] { return pool_round_trip(pool_rounds); },
+                   [=] { return raw_ping_pong(pool_rounds); }, "baseline: case 3's raw ping-pong over two pipes"});
+  cases.push_back({"memory: pool allocations/request", "{\"requests\": " + std::to_string(counted) + "}",
+                   "allocs/request", better::lower, std::nullopt,
+                   [=] { return pool_allocations_per_request(counted / 10); }, {},
+                   "operator new calls per async_submit(int) awaited, after a warm-up"});
   return cases;
 }
 

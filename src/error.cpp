@@ -44,6 +44,16 @@ public:
              "(set one, or listen_options::allow_unauthenticated_remote)";
     case errc::nesting_too_deep:
       return "message nested deeper than the decoder's limit";
+    case errc::child_failed:
+      return "a child process of the scope failed";
+    case errc::scope_closed:
+      return "the process scope has ended its body and takes no more children";
+    case errc::worker_died:
+      return "the pool worker handling the request died";
+    case errc::pool_restart_budget_exhausted:
+      return "the pool cannot keep its workers alive (restart budget exhausted)";
+    case errc::pool_closed:
+      return "the pool is shut down";
     }
     return "unknown coropipe error " + std::to_string(value);
   }

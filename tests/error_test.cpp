@@ -22,6 +22,16 @@ const std::vector<coropipe::errc> all_errcs = {
     coropipe::errc::malformed_frame,
     coropipe::errc::decode_failed,
     coropipe::errc::invalid_argument,
+    coropipe::errc::authentication_failed,
+    coropipe::errc::peer_not_allowed,
+    coropipe::errc::descriptor_passing_failed,
+    coropipe::errc::unauthenticated_remote_listener,
+    coropipe::errc::nesting_too_deep,
+    coropipe::errc::child_failed,
+    coropipe::errc::scope_closed,
+    coropipe::errc::worker_died,
+    coropipe::errc::pool_restart_budget_exhausted,
+    coropipe::errc::pool_closed,
 };
 
 bool starts_with(const std::string& s, const std::string& prefix) {

@@ -632,3 +632,105 @@ TEST_CASE("py_dicts: C++ sends dicts to an unmodified Python worker and gets dic
         "worker exited with 0\n");
   CHECK(run_program({COROPIPE_SAMPLE_PY_DICTS}).wait_status != 0);
 }
+
+namespace {
+const std::string prime_pool = COROPIPE_SAMPLE_PRIME_POOL;
+}
+
+TEST_CASE("prime_pool: the count of primes, with forked and with re-executed workers") {
+  auto r = run_program({prime_pool, "--limit", "1000000", "--workers", "2"});
+  CHECK(status_of(r).success());
+  CHECK(r.out == "primes below 1000000: 78498\n");
+  CHECK(r.err.empty());
+  r = run_program({prime_pool, "--limit", "1000000", "--chunk", "7777", "--workers", "3", "--spawn"});
+  CHECK(status_of(r).success());
+  CHECK(r.out == "primes below 1000000: 78498\n");
+  r = run_program({prime_pool, "--limit", "100", "--chunk", "1"});
+  CHECK(r.out == "primes below 100: 25\n");
+  CHECK_FALSE(coropipe_test::has_children());
+}
+
+TEST_CASE("prime_pool: a worker killed with SIGKILL mid-run does not change the count") {
+  for (const bool spawned : {false, true}) {
+    INFO("spawned: " << spawned);
+    std::vector<std::string> argv{prime_pool, "--limit", "30000000", "--chunk", "50000", "--workers", "2"};
+    if (spawned) argv.push_back("--spawn");
+    auto p = start_program(argv);
+    std::vector<pid_t> workers;
+    for (int i = 0; i < 2000 && workers.size() < 2; ++i) {
+      workers = coropipe_test::children_of(p.pid);
+      ::usleep(1000);
+    }
+    REQUIRE(!workers.empty());
+    ::usleep(50000);
+    const bool killed = ::kill(workers.front(), SIGKILL) == 0;
+    const auto r = finish_program(p, 120s);
+    CHECK(status_of(r).success());
+    CHECK(r.out == "primes below 30000000: 1857859\n");
+    if (killed && status_of(r).success())
+      CHECK(r.err == "prime_pool: worker " + std::to_string(workers.front()) + " killed by SIGKILL; replaced\n");
+    CHECK_FALSE(coropipe_test::has_children());
+  }
+}
+
+TEST_CASE("prime_pool: Ctrl-C stops it within a second, nothing left running") {
+  auto p = start_program({prime_pool, "--limit", "4000000000000", "--chunk", "100000000", "--workers", "2"});
+  for (int i = 0; i < 2000 && coropipe_test::children_of(p.pid).size() < 2; ++i) ::usleep(1000);
+  ::usleep(100000);
+  const auto sent = std::chrono::steady_clock::now();
+  ::kill(p.pid, SIGINT);
+  const auto r = finish_program(p, 30s);
+  const auto took = std::chrono::steady_clock::now() - sent;
+  CHECK(status_of(r).exit_code() == 130);
+  CHECK(took < 3s);  // the target is well under a second; loosely checked, the machine is shared
+  CHECK(r.out.empty());
+  CHECK_FALSE(coropipe_test::has_children());
+}
+
+TEST_CASE("prime_pool: bad flags give the usage on stderr, exit 2") {
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"--limit"}, {"--limit", "x"}, {"--chunk", "0"}, {"--workers", "0"}, {"--bogus"}}) {
+    std::vector<std::string> argv{prime_pool};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const auto r = run_program(argv);
+    CHECK(status_of(r).exit_code() == 2);
+    CHECK(r.out.empty());
+    CHECK(r.err.find("usage: prime_pool") != std::string::npos);
+  }
+}
+
+namespace {
+// The shell's background sleep, killed by the scope, is re-parented to this
+// subreaper (its own parent is gone): it must be dead already, a zombie.
+// Reaps such orphans; true when every child of this process was dead.
+bool orphans_were_dead() {
+  bool dead = true;
+  for (pid_t pid : coropipe_test::children_of(::getpid())) {
+    for (int i = 0; i < 500 && coropipe_test::process_state(pid) != 'Z'; ++i) ::usleep(1000);
+    dead = dead && coropipe_test::process_state(pid) == 'Z';
+    ::kill(pid, SIGKILL);
+    coropipe_test::wait_for_pid(pid, 5000ms);
+  }
+  return dead;
+}
+} // namespace
+
+TEST_CASE("scoped_children: the scope stops the sleepers (grandchild included) and reaps them") {
+  const std::string scoped = COROPIPE_SAMPLE_SCOPED_CHILDREN;
+  const auto start = std::chrono::steady_clock::now();
+  auto r = run_program({scoped});
+  CHECK(status_of(r).success());
+  CHECK(r.out == "worker exited with 0\nscope ended, nothing left running\n");
+  CHECK(std::chrono::steady_clock::now() - start < 30s);
+  CHECK(orphans_were_dead());
+  CHECK_FALSE(coropipe_test::has_children());
+  r = run_program({scoped, "--fail"});
+  CHECK(status_of(r).exit_code() == 1);
+  CHECK(r.err.find("scoped_children: coropipe::async_scope: child ") == 0);
+  CHECK(r.err.find("(forked child) exited with 3") != std::string::npos);
+  CHECK(r.out.find("scope ended") == std::string::npos);
+  CHECK(orphans_were_dead());
+  CHECK_FALSE(coropipe_test::has_children());
+  r = run_program({scoped, "--bogus"});
+  CHECK(status_of(r).exit_code() == 2);
+}

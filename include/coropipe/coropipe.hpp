@@ -22,6 +22,8 @@
 #include <coropipe/pickle.hpp>
 #include <coropipe/pipe.hpp>
 #include <coropipe/pipeline.hpp>
+#include <coropipe/pool.hpp>
+#include <coropipe/scope.hpp>
 #include <coropipe/sigpipe.hpp>
 #include <coropipe/spawn.hpp>
 #include <coropipe/unique_fd.hpp>

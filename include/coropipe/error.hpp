@@ -54,6 +54,20 @@ enum class errc {
   /// A structured message (a pickle) nests containers deeper than the
   /// decoder's limit (coropipe::pickle_options::max_depth).
   nesting_too_deep,
+  /// A child of a process scope failed (exited non-zero or was killed) and
+  /// the scope was set to fail with it (see scope.hpp, child_failed_error).
+  child_failed,
+  /// A child was handed to a process scope that has already ended its body.
+  scope_closed,
+  /// A pool worker died (was killed, exited, closed its pipe or sent a
+  /// message that is not a reply) while it held the request (see pool.hpp,
+  /// worker_failure()).
+  worker_died,
+  /// A pool could not keep its workers alive: they kept dying faster than its
+  /// restart budget allows.
+  pool_restart_budget_exhausted,
+  /// The pool is shut down (or shutting down) and takes no more requests.
+  pool_closed,
 };
 
 /// The base of error categories in the flavour's error-code system:

@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: BSL-1.0
+// Case 8: worker pools. coropipe::pool<int, int> with 2 forked workers
+// against Python's ProcessPoolExecutor and multiprocessing.Pool, which the
+// bench runs itself (python3, measured inside the script after a warm-up, so
+// the interpreter's start-up is not counted), and the pool's round trip
+// against case 3's raw ping-pong. The workers and the Python processes may
+// use every CPU (the bench pins itself to one).
+#include "pool_cases.hpp"
+
+#include <coropipe/pool.hpp>
+
+#include <coropipe/asio.hpp>
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace bench {
+std::uint64_t allocation_count() noexcept;  // alloc_counter.cpp
+void count_allocations(bool on) noexcept;
+} // namespace bench
+
+namespace bench {
+
+namespace {
+
+using asio::awaitable;
+using asio::use_awaitable;
+using int_pool = coropipe::pool<int, int>;
+
+// Every CPU for this process's future children (the bench pins itself).
+awaitable<void> unpin() {
+  cpu_set_t all;
+  CPU_ZERO(&all);
+  const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+  for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i) CPU_SET(i, &all);
+  ::sched_setaffinity(0, sizeof all, &all);
+  co_return;
+}
+
+awaitable<int> inc(int x) { co_return x + 1; }
+
+int_pool make_pool(asio::io_context& io) {
+  return int_pool(io.get_executor(), coropipe::pool_workers<int, int>::forked(inc, unpin), {.workers = 2, .window = 64});
+}
+
+template <typename T>
+T run_coro(asio::io_context& io, awaitable<T> aw) {
+  std::exception_ptr error;
+  T result{};
+  asio::co_spawn(io, std::move(aw), [&](std::exception_ptr e, T r) {
+    error = e;
+    result = r;
+  });
+  io.run();
+  io.restart();
+  if (error) std::rethrow_exception(error);
+  return result;
+}
+
+// n requests, at most `outstanding` in flight; returns requests/s.
+awaitable<double> submit_rate(int_pool& p, int n, int outstanding) {
+  auto ex = co_await asio::this_coro::executor;
+  for (int i = 0; i < 1000; ++i) (void)co_await p.async_submit(i, use_awaitable);  // warm
+  asio::steady_timer wake(ex, clock::time_point::max());
+  int next = 0, done = 0, wrong = 0;
+  const auto t0 = clock::now();
+  while (done < n) {
+    while (next < n && next - done < outstanding) {
+      const int i = next++;
+      p.async_submit(i, [&, i](coropipe::error_code ec, int r) {
+        if (ec || r != i + 1) ++wrong;
+        ++done;
+        if (done == n || next - done < outstanding / 2) wake.cancel();
+      });
+    }
+    (void)co_await wake.async_wait(coropipe::compat::as_tuple(use_awaitable));
+  }
+  const double secs = seconds_since(t0);
+  if (wrong != 0) throw std::runtime_error("wrong replies");
+  co_await p.async_shutdown(use_awaitable);
+  co_return n / secs;
+}
+
+const char* python_script = R"PY(
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing as mp
+def inc(x):
+    return x + 1
+if __name__ == "__main__":
+    os.sched_setaffinity(0, range(os.cpu_count()))
+    mode, n = sys.argv[1], int(sys.argv[2])
+    if mode == "submit":
+        with ProcessPoolExecutor(2) as ex:
+            list(ex.map(inc, range(200)))
+            t = time.perf_counter()
+            fs = [ex.submit(inc, i) for i in range(n)]
+            for f in fs:
+                f.result()
+            print(n / (time.perf_counter() - t))
+    else:
+        sizes = [int(s) for s in sys.argv[3].split(",")]
+        best = 0.0
+        with mp.Pool(2) as p:
+            list(p.imap_unordered(inc, range(200)))
+            for cs in sizes:
+                t = time.perf_counter()
+                for _ in p.imap_unordered(inc, range(n), chunksize=cs):
+                    pass
+                best = max(best, n / (time.perf_counter() - t))
+        print(best)
+)PY";
+
+std::string python() {
+  for (const char* p : {"/usr/bin/python3", "/usr/local/bin/python3"})
+    if (::access(p, X_OK) == 0) return p;
+  return "python3";
+}
+
+double run_python(const std::string& args) {
+  const std::string cmd = python() + " -c '" + python_script + "' " + args;
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (!f) throw std::runtime_error("popen python3");
+  std::array<char, 256> buf{};
+  std::string out;
+  while (std::fgets(buf.data(), static_cast<int>(buf.size()), f)) out += buf.data();
+  const int rc = ::pclose(f);
+  if (rc != 0 || out.empty()) throw std::runtime_error("the Python baseline failed: " + cmd.substr(0, 40));
+  return std::stod(out);
+}
+
+} // namespace
+
+double pool_submit_rate(int n) {
+  asio::io_context io(1);
+  auto p = make_pool(io);
+  return run_coro(io, submit_rate(p, n, 1024));
+}
+
+double python_executor_submit_rate(int n) { return run_python("submit " + std::to_string(n)); }
+
+double python_imap_rate(int n, const std::string& chunksizes) {
+  return run_python("imap " + std::to_string(n) + " " + chunksizes);
+}
+
+double pool_map_rate(int n) {
+  asio::io_context io(1);
+  auto p = make_pool(io);
+  return run_coro(io, [&]() -> awaitable<double> {
+    std::vector<int> in(static_cast<std::size_t>(n));
+    std::iota(in.begin(), in.end(), 0);
+    (void)co_await p.async_submit(0, use_awaitable);  // the workers are up
+    const auto t0 = clock::now();
+    auto out = co_await coropipe::async_map(p, in, use_awaitable);
+    const double secs = seconds_since(t0);
+    if (out.size() != in.size() || out.back() != n) throw std::runtime_error("wrong replies");
+    co_await p.async_shutdown(use_awaitable);
+    co_return n / secs;
+  }());
+}
+
+double pool_round_trip(int rounds) {
+  asio::io_context io(1);
+  auto p = make_pool(io);
+  return run_coro(io, [&]() -> awaitable<double> {
+    for (int i = 0; i < 1000; ++i) (void)co_await p.async_submit(i, use_awaitable);
+    const auto t0 = clock::now();
+    for (int i = 0; i < rounds; ++i)
+      if (co_await p.async_submit(i, use_awaitable) != i + 1) throw std::runtime_error("wrong reply");
+    const double secs = seconds_since(t0);
+    co_await p.async_shutdown(use_awaitable);
+    co_return secs / rounds * 1e6;
+  }());
+}
+
+double pool_allocations_per_request(int n) {
+  asio::io_context io(1);
+  auto p = make_pool(io);
+  return run_coro(io, [&]() -> awaitable<double> {
+    for (int i = 0; i < 20000; ++i) (void)co_await p.async_submit(i, use_awaitable);
+    count_allocations(true);
+    const std::uint64_t before = allocation_count();
+    for (int i = 0; i < n; ++i) (void)co_await p.async_submit(i, use_awaitable);
+    const std::uint64_t after = allocation_count();
+    count_allocations(false);
+    co_await p.async_shutdown(use_awaitable);
+    co_return static_cast<double>(after - before) / n;
+  }());
+}
+
+} // namespace bench

@@ -1,0 +1,983 @@
+// SPDX-License-Identifier: BSL-1.0
+/// @file
+/// Worker pools: requests in, replies out, crashes contained.
+///
+/// ```
+/// coropipe::pool<int, int> pool(io.get_executor(),
+///     coropipe::pool_workers<int, int>::forked([](int x) -> asio::awaitable<int> { co_return x + 1; }),
+///     {.workers = 2, .max_retries = 2});
+/// int y = co_await pool.async_submit(41, asio::use_awaitable);        // 42
+/// co_await pool.async_shutdown(asio::use_awaitable);                   // finish, then reap
+/// ```
+///
+/// A `pool<Request, Reply>` keeps N worker processes, sends each request to
+/// one of them and completes async_submit() with the worker's reply.
+/// Requests and replies are `channel`-codable types (see channel.hpp): each
+/// travels as one message of the `multiprocessing.connection` wire format,
+/// holding exactly the codec's bytes — no envelope. A worker answers its
+/// requests **in the order it received them**, one reply per request.
+///
+/// ### Three kinds of worker, one pool type (pool_workers)
+/// - **forked**: a coroutine function `asio::awaitable<Reply>(Request)` run in
+///   fork()ed children (fork_child(): no exec, the fastest start). Refused
+///   in a process that runs threads (`errc::fork_in_threaded_process`).
+/// - **spawned**: any program speaking the wire format on its stdin and
+///   stdout: a C++ program whose main() calls coropipe::serve_stdio(), or a
+///   Python program using `multiprocessing.connection.Connection(0)` and
+///   `Connection(1)` (`recv_bytes()` / `send_bytes()` of the codec's bytes).
+///   Its argv may start with a launcher (`ssh host --`, `srun`, ...): all
+///   the pool needs is stdin and stdout.
+/// - **self**: this program re-executed through `/proc/self/exe` with the
+///   arguments you give (e.g. `--serve`), like Python's "spawn" start
+///   method: a process with threads can still have C++ workers; its main()
+///   sees the arguments and calls serve_stdio().
+///
+/// ### Crashes are contained
+/// A worker that dies (killed, exits, closes its pipe, or sends something
+/// that is not a reply) fails only the requests it held, with
+/// `errc::worker_died`; submit_options::info gets the worker's pid and
+/// exit_status. The pool starts a replacement and goes on. With
+/// `pool_options::max_retries` = K, such a request is sent again to a worker
+/// up to K times first (for idempotent work). Replacements count against a
+/// restart budget (`restart_budget` restarts per `restart_period`); once it is
+/// exhausted the pool stops restarting and fails what is queued, and every
+/// later submit, with `errc::pool_restart_budget_exhausted` — it reports
+/// instead of looping. Restarts after consecutive deaths wait
+/// `restart_backoff`, doubling up to `max_restart_backoff`.
+///
+/// ### Cancellation and timeouts
+/// async_submit() supports per-operation cancellation (terminal), and
+/// submit_options::timeout (or pool_options::timeout). A request still queued
+/// is simply removed. A request that a worker is already busy with gets that
+/// worker stopped (SIGKILL: there is no other way to interrupt a process) and
+/// replaced, without counting against the restart budget; the request
+/// completes with `asio::error::operation_aborted`, or ETIMEDOUT
+/// (`ec == std::errc::timed_out`). The worker's other requests are sent
+/// again to other workers: they are untouched. A request written to a worker
+/// that has not begun it yet is only abandoned (its reply is dropped).
+///
+/// ### Throughput and backpressure
+/// Each worker has up to `window` requests in flight, so it never waits for
+/// the next one; the messages of many requests go out in one write (the
+/// framed_stream batches). A request goes to the least-loaded worker. At most
+/// `queue_limit` requests wait for a worker; async_submit() then waits for
+/// room (backpressure, bounded memory).
+///
+/// ### Lifetime
+/// async_shutdown() stops taking requests (new ones fail with
+/// `errc::pool_closed`), finishes everything queued, closes the workers'
+/// stdin (end of input: they exit) and reaps them. With
+/// `shutdown_mode::immediate` it fails what is pending with
+/// `errc::pool_closed`, kills the workers and reaps them. Destroying the
+/// pool does the same at once, synchronously: SIGKILL and reap. So a pool that is a local of a scope's body (or of any coroutine)
+/// leaves nothing running when it ends. A pool is used from one thread (its
+/// executor's; run it on a single-threaded io_context or a strand).
+///
+/// ### How the known failures of Python's pools are avoided
+/// - `multiprocessing.Pool`, a killed worker's task never completes and
+///   `.get()` hangs forever (bpo-22393 / gh-66587): here every request a
+///   dead worker held completes, with its reply after a retry or with
+///   `errc::worker_died` and the worker's exit status.
+/// - An initializer that raises makes `multiprocessing.Pool` respawn workers
+///   forever (gh-87472): here a worker whose initializer fails dies like any
+///   other, its restarts count against the restart budget, and the pool then
+///   reports `errc::pool_restart_budget_exhausted`.
+/// - `AsyncResult.get(timeout)` leaves the task running, and
+///   `Future.cancel()` cannot stop a running task: here a timed-out or
+///   cancelled request's worker is killed and replaced.
+/// - `ProcessPoolExecutor`: one worker's death fails every pending future
+///   with `BrokenProcessPool` and the executor is unusable: here it fails only
+///   the requests that worker held, and the pool goes on.
+/// - `max_tasks_per_child` deadlocks with one worker (gh-115634): here a
+///   worker that reached `max_requests_per_worker` is replaced once its
+///   requests are answered; queued requests wait for the replacement.
+/// - Children left running when the parent fails: forked and serve_stdio()
+///   workers get SIGKILL when the pool's thread ends (PR_SET_PDEATHSIG), a
+///   serve_stdio() worker also exits when its stdin reaches end of input
+///   while it works, and a pool destroyed by an exception kills and reaps its
+///   workers.
+#pragma once
+
+#include <coropipe/attach.hpp>
+#include <coropipe/channel.hpp>
+#include <coropipe/child.hpp>
+#include <coropipe/error.hpp>
+#include <coropipe/fork.hpp>
+#include <coropipe/framed_stream.hpp>
+#include <coropipe/pipe.hpp>
+#include <coropipe/spawn.hpp>
+
+#include <coropipe/asio.hpp>
+
+#include <cerrno>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace coropipe {
+
+/// How a worker ended, as told to pool_options::on_worker_exit.
+struct worker_exit {
+  /// The worker's position in the pool (0 to workers - 1).
+  std::size_t position = 0;
+  /// Its pid.
+  pid_t pid = 0;
+  /// How it ended.
+  exit_status status{};
+  /// False for a crash (died, exited on its own, closed its pipe, sent
+  /// garbage); true when the pool ended it (shutdown, retirement after
+  /// max_requests_per_worker, a cancelled or timed-out request it was busy with).
+  bool expected = false;
+};
+
+/// Tuning of a pool; the defaults suit most uses.
+struct pool_options {
+  /// The number of workers; 0: the number of CPUs.
+  std::size_t workers = 0;
+  /// Requests in flight per worker.
+  std::size_t window = 16;
+  /// Requests waiting for a worker before async_submit() waits for room.
+  std::size_t queue_limit = 4096;
+  /// How many times a request whose worker died is sent again (0: never).
+  unsigned max_retries = 0;
+  /// A request's default timeout; zero: none.
+  std::chrono::steady_clock::duration timeout{};
+  /// A worker is replaced after this many requests (0: never).
+  std::size_t max_requests_per_worker = 0;
+  /// Restarts of dead workers allowed per restart_period.
+  unsigned restart_budget = 20;
+  /// See restart_budget.
+  std::chrono::steady_clock::duration restart_period = std::chrono::seconds(10);
+  /// The wait before restarting after consecutive deaths; doubles each time.
+  std::chrono::steady_clock::duration restart_backoff = std::chrono::milliseconds(10);
+  /// The longest such wait.
+  std::chrono::steady_clock::duration max_restart_backoff = std::chrono::seconds(1);
+  /// The largest reply accepted; a worker announcing a larger one is taken
+  /// for broken (stopped, its requests failed or retried).
+  std::size_t max_reply_size = default_max_message_size;
+  /// How long a worker asked to exit (shutdown, retirement) gets before SIGKILL.
+  std::chrono::steady_clock::duration stop_grace = std::chrono::seconds(2);
+  /// Called on the pool's executor each time a worker has ended and been
+  /// reaped (before its replacement starts); may be empty.
+  std::function<void(const worker_exit&)> on_worker_exit{};
+};
+
+/// What became of a request; filled when its async_submit() completes.
+struct request_info {
+  /// The pid of the worker that answered or failed it last (0: none).
+  pid_t worker_pid = 0;
+  /// When it failed with errc::worker_died: how that worker ended.
+  std::optional<exit_status> worker_status{};
+  /// How many times it was sent to a worker.
+  unsigned attempts = 0;
+};
+
+/// Per-request settings of async_submit().
+struct submit_options {
+  /// Zero: pool_options::timeout.
+  std::chrono::steady_clock::duration timeout{};
+  /// Filled on completion when not null; must outlive the operation.
+  request_info* info = nullptr;
+};
+
+/// Statistics of one worker position of a pool (it survives restarts).
+struct worker_stats {
+  /// The current worker's pid; 0 while none runs.
+  pid_t pid = 0;
+  /// Replies received from the workers at this position.
+  std::size_t served = 0;
+  /// Workers started at this position after the first.
+  std::size_t restarts = 0;
+  /// How the last worker at this position ended.
+  std::optional<exit_status> last_exit{};
+};
+
+/// async_shutdown()'s choice.
+enum class shutdown_mode {
+  graceful,   ///< finish what is queued, then end the workers
+  immediate,  ///< fail what is pending, kill the workers now
+};
+
+/// How a pool starts its workers: make one with forked(), spawned() or self().
+template <codable Request, codable Reply>
+struct pool_workers {
+  /// The coroutine function of forked workers.
+  using function_type = std::function<asio::awaitable<Reply>(Request)>;
+  /// Run once in each forked worker before it serves; an exception ends the
+  /// worker (exit status 1), which counts against the restart budget.
+  using initializer_type = std::function<asio::awaitable<void>()>;
+
+  /// Forked workers running @p fn (see fork_child() for what a forked child is).
+  static pool_workers forked(function_type fn, initializer_type init = {}, fork_options opts = {}) {
+    pool_workers w;
+    w.function = std::move(fn);
+    w.initializer = std::move(init);
+    w.fork = opts;
+    return w;
+  }
+  /// Spawned programs: @p argv, speaking the wire format on stdin/stdout
+  /// (stderr is inherited). Any launcher prefix may come first.
+  static pool_workers spawned(std::vector<std::string> argv) {
+    pool_workers w;
+    w.argv = std::move(argv);
+    return w;
+  }
+  /// This program re-executed (`/proc/self/exe`) with @p args after argv[0].
+  static pool_workers self(std::vector<std::string> args) {
+    pool_workers w;
+    w.argv.push_back("/proc/self/exe");
+    for (auto& a : args) w.argv.push_back(std::move(a));
+    w.program = "/proc/self/exe";
+    return w;
+  }
+
+  function_type function;
+  initializer_type initializer;
+  fork_options fork{};
+  std::vector<std::string> argv;
+  std::string program;
+};
+
+namespace detail {
+
+// Serves requests from @p in, replies to @p out, in order, until end of
+// input. Returns the exit code: 0 at a clean end, 2 on a protocol error.
+// @p busy counts the requests received and not answered yet.
+template <codable Request, codable Reply, typename Fn>
+asio::awaitable<int> serve_channels(asio::posix::stream_descriptor in, asio::posix::stream_descriptor out, Fn& fn,
+                                    std::atomic<std::size_t>* busy = nullptr) {
+  constexpr auto tuple = compat::as_tuple(asio::use_awaitable);
+  channel<Reply, Request> rx(std::move(in));
+  channel<Reply, Request> tx(std::move(out));
+  Request req;
+  for (;;) {
+    // Flush what is answered before waiting for more.
+    auto [ec, got] = co_await rx.async_receive(req, tuple);
+    if (ec) co_return 2;
+    if (!got) break;
+    if (busy) ++*busy;
+    Reply rep = co_await fn(std::move(req));
+    if (busy) --*busy;
+    auto [sec] = co_await tx.async_send(rep, tuple);
+    if (sec) co_return 0;  // the pool is gone
+  }
+  (void)co_await tx.async_close(tuple);
+  co_return 0;
+}
+
+// serve_stdio()'s set-up: stdout's descriptor moved to a private one and fd 1
+// pointed at stderr; stdin's moved too (fd 0 reads /dev/null); the parent
+// death signal set; a thread that _exits when stdin hangs up while @p busy.
+struct stdio_channels {
+  unique_fd in;
+  unique_fd out;
+};
+stdio_channels take_stdio(error_code& ec);
+void watch_hangup(int fd, const std::atomic<std::size_t>* busy);
+
+} // namespace detail
+
+/// The worker side of a spawned pool worker: serves requests arriving on
+/// stdin with `fn` (`asio::awaitable<Reply>(Request)`), one at a time, and
+/// writes the replies to stdout, until end of input. Returns the exit code
+/// for main(): 0 at a clean end, 2 on a protocol error, 1 on a set-up error.
+///
+/// It first makes the protocol safe: the real stdout is moved to a private
+/// descriptor and fd 1 is pointed at stderr (a stray `printf` then goes to
+/// stderr instead of corrupting a frame), and stdin is moved likewise (fd 0
+/// then reads `/dev/null`). It sets PR_SET_PDEATHSIG to SIGKILL (the worker
+/// ends with the process that started it) and watches stdin from a thread:
+/// when it hangs up (the pool, or the ssh connection carrying it, is gone)
+/// while a request is being worked on, the worker exits at once instead of
+/// finishing work no one will read. @p init runs once before serving; an
+/// exception from it is printed to stderr and gives exit code 1.
+template <codable Request, codable Reply, typename Fn>
+int serve_stdio(Fn fn, std::function<void()> init = {}) {
+  error_code ec;
+  auto fds = detail::take_stdio(ec);
+  if (ec) return 1;
+  try {
+    if (init) init();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "coropipe::serve_stdio: initializer failed: %s\n", e.what());
+    return 1;
+  }
+  static std::atomic<std::size_t> busy{0};  // read by the watching thread
+  detail::watch_hangup(fds.in.get(), &busy);
+  asio::io_context io;
+  int code = 1;
+  asio::co_spawn(
+      io,
+      detail::serve_channels<Request, Reply>(attach(io, std::move(fds.in)), attach(io, std::move(fds.out)), fn, &busy),
+      [&](std::exception_ptr e, int r) {
+        if (e) {
+          try {
+            std::rethrow_exception(e);
+          } catch (const std::exception& ex) {
+            std::fprintf(stderr, "coropipe::serve_stdio: %s\n", ex.what());
+          }
+          code = 1;
+        } else {
+          code = r;
+        }
+      });
+  io.run();
+  return code;
+}
+
+namespace detail {
+
+template <typename Reply>
+struct pool_request {
+  std::optional<Reply> reply;
+  error_code ec;
+  request_info info;
+  asio::steady_timer* wake = nullptr;
+  bool done = false;
+  // The encoded request, kept for retries: inline when small (no allocation).
+  std::array<std::byte, 64> small{};
+  std::size_t size = 0;
+  std::vector<std::byte> large;
+
+  void store(const std::vector<std::byte>& encoded) {
+    size = encoded.size();
+    if (size <= small.size()) std::copy(encoded.begin(), encoded.end(), small.begin());
+    else large = encoded;
+  }
+  [[nodiscard]] asio::const_buffer payload() const noexcept {
+    return size <= small.size() ? asio::const_buffer(small.data(), size) : asio::buffer(large);
+  }
+};
+
+// The parts of a pool that do not depend on its types.
+std::size_t default_worker_count() noexcept;
+
+template <codable Request, codable Reply>
+class pool_state : public std::enable_shared_from_this<pool_state<Request, Reply>> {
+public:
+  using request = pool_request<Reply>;
+  using stream = asio::posix::stream_descriptor;
+
+  struct worker {
+    explicit worker(const asio::any_io_executor& ex) : tx(stream(ex)), rx(stream(ex)) {}
+    child proc;
+    framed_stream<stream> tx;
+    channel<Reply, Reply> rx;
+    std::deque<request*> inflight;  // null: abandoned, its reply is dropped
+    std::size_t sent = 0;
+    bool usable = true;  // takes requests
+    bool expected_end = false;  // stopped on purpose: not a crash
+    bool blocked = false;  // its send queue was full
+  };
+
+  pool_state(asio::any_io_executor ex, pool_workers<Request, Reply> kind, pool_options opts)
+      : ex_(std::move(ex)), kind_(std::move(kind)), opts_(opts), room_(ex_), idle_(ex_), backoff_(ex_) {
+    if (opts_.workers == 0) opts_.workers = default_worker_count();
+    if (opts_.window == 0) opts_.window = 1;
+    if (opts_.queue_limit == 0) opts_.queue_limit = 1;
+    room_.expires_at(std::chrono::steady_clock::time_point::max());
+    idle_.expires_at(std::chrono::steady_clock::time_point::max());
+    workers_.resize(opts_.workers);
+    stats_.resize(opts_.workers);
+  }
+
+  void start() {
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+      ++running_;
+      asio::co_spawn(ex_, run_position(this->shared_from_this(), i), [self = this->shared_from_this()](std::exception_ptr) {
+        --self->running_;
+        self->idle_.cancel();
+      });
+    }
+  }
+
+  // --- submitting ---------------------------------------------------------
+
+  asio::awaitable<std::tuple<error_code, Reply>> submit(Request value, submit_options so) {
+    co_await asio::this_coro::throw_if_cancelled(false);
+    asio::steady_timer wake(ex_);
+    request r;
+    r.wake = &wake;
+    scratch_.clear();
+    codec<Request>::encode(value, scratch_);
+    r.store(scratch_);
+    // Backpressure: wait for room in the queue.
+    while (!closed_ && !broken_ && queue_.size() >= opts_.queue_limit) {
+      (void)co_await room_.async_wait(compat::as_tuple(asio::use_awaitable));
+      const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
+      if (cs.cancelled() != asio::cancellation_type::none) co_return finish(r, so, asio::error::operation_aborted);
+    }
+    if (broken_) co_return finish(r, so, errc::pool_restart_budget_exhausted);
+    if (closed_) co_return finish(r, so, errc::pool_closed);
+    queue_.push_back(&r);
+    dispatch();
+    const auto timeout = so.timeout != std::chrono::steady_clock::duration::zero() ? so.timeout : opts_.timeout;
+    if (timeout != std::chrono::steady_clock::duration::zero()) wake.expires_after(timeout);
+    else wake.expires_at(std::chrono::steady_clock::time_point::max());
+    while (!r.done) {
+      auto [ec] = co_await wake.async_wait(compat::as_tuple(asio::use_awaitable));
+      if (r.done) break;
+      const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
+      if (cs.cancelled() != asio::cancellation_type::none) {
+        abandon(r, asio::error::operation_aborted);
+      } else if (!ec) {
+        abandon(r, errno_code(ETIMEDOUT));
+      }
+    }
+    co_return finish(r, so, r.ec);
+  }
+
+  std::tuple<error_code, Reply> finish(request& r, const submit_options& so, error_code ec) {
+    if (so.info) *so.info = r.info;
+    if (ec || !r.reply) return {ec ? ec : error_code(errc::worker_died), Reply()};
+    return {ec, std::move(*r.reply)};
+  }
+
+  // --- shutdown -----------------------------------------------------------
+
+  asio::awaitable<std::tuple<error_code, int>> shutdown(shutdown_mode mode) {
+    co_await asio::this_coro::throw_if_cancelled(false);
+    closed_ = true;
+    room_.cancel();
+    if (mode == shutdown_mode::immediate) {
+      fail_all(errc::pool_closed);
+      stopping_ = true;
+      for (auto& w : workers_)
+        if (w) kill(*w);
+    } else {
+      while (!queue_.empty() || in_flight() != 0) {
+        if (broken_ || running_ == 0) {
+          fail_all(broken_ ? error_code(errc::pool_restart_budget_exhausted) : error_code(errc::pool_closed));
+          break;
+        }
+        (void)co_await idle_.async_wait(compat::as_tuple(asio::use_awaitable));
+      }
+      stopping_ = true;
+      for (auto& w : workers_)
+        if (w) end_input(*w);
+    }
+    backoff_.cancel();
+    while (running_ != 0) {
+      (void)co_await idle_.async_wait(compat::as_tuple(asio::use_awaitable));
+    }
+    co_return std::tuple{error_code(), 0};
+  }
+
+  // Synchronous end (the pool's destructor): fail everything, kill and reap.
+  void destroy() noexcept {
+    closed_ = true;
+    stopping_ = true;
+    room_.cancel();
+    backoff_.cancel();
+    fail_all(errc::pool_closed);
+    for (auto& w : workers_) {
+      if (!w) continue;
+      w->expected_end = true;
+      w->proc = child();  // SIGKILL and reap, now
+      error_code ignored;
+      w->rx.framed().next_layer().close(ignored);
+      w->tx.next_layer().close(ignored);
+    }
+  }
+
+  [[nodiscard]] std::vector<worker_stats> stats() const { return stats_; }
+  [[nodiscard]] std::size_t queued() const noexcept { return queue_.size(); }
+  [[nodiscard]] std::size_t in_flight() const noexcept {
+    std::size_t n = 0;
+    for (const auto& w : workers_)
+      if (w) n += static_cast<std::size_t>(std::count_if(w->inflight.begin(), w->inflight.end(), [](request* r) { return r != nullptr; }));
+    return n;
+  }
+  [[nodiscard]] bool broken() const noexcept { return broken_; }
+  [[nodiscard]] error_code last_start_error() const noexcept { return start_error_; }
+  [[nodiscard]] const asio::any_io_executor& executor() const noexcept { return ex_; }
+
+private:
+  // --- dispatch -----------------------------------------------------------
+
+  void dispatch() {
+    while (!queue_.empty()) {
+      worker* best = nullptr;
+      for (auto& w : workers_) {
+        if (!w || !w->usable || w->blocked || w->inflight.size() >= opts_.window) continue;
+        if (opts_.max_requests_per_worker != 0 && w->sent >= opts_.max_requests_per_worker) continue;
+        if (!best || w->inflight.size() < best->inflight.size()) best = w.get();
+      }
+      if (!best) return;
+      request* r = queue_.front();
+      if (!best->tx.try_send(r->payload())) {
+        best->blocked = true;
+        continue;
+      }
+      queue_.pop_front();
+      room_.cancel();
+      ++r->info.attempts;
+      r->info.worker_pid = best->proc.pid();
+      best->inflight.push_back(r);
+      ++best->sent;
+    }
+  }
+
+  void complete(request& r, error_code ec) {
+    r.ec = ec;
+    r.done = true;
+    r.wake->cancel();
+  }
+
+  void fail_all(error_code ec) {
+    while (!queue_.empty()) {
+      request* r = queue_.front();
+      queue_.pop_front();
+      complete(*r, ec);
+    }
+    for (auto& w : workers_) {
+      if (!w) continue;
+      for (auto*& r : w->inflight) {
+        if (r) complete(*r, ec);
+        r = nullptr;
+      }
+    }
+    room_.cancel();
+    idle_.cancel();
+  }
+
+  // A waiting request gives up (cancelled or timed out).
+  void abandon(request& r, error_code ec) {
+    if (auto it = std::find(queue_.begin(), queue_.end(), &r); it != queue_.end()) {
+      queue_.erase(it);
+      room_.cancel();
+      complete(r, ec);
+      return;
+    }
+    for (auto& w : workers_) {
+      if (!w) continue;
+      auto it = std::find(w->inflight.begin(), w->inflight.end(), &r);
+      if (it == w->inflight.end()) continue;
+      const bool busy_with_it = std::find_if(w->inflight.begin(), it, [](request* q) { return q != nullptr; }) == it;
+      *it = nullptr;
+      complete(r, ec);
+      if (busy_with_it) {
+        // The worker is working on it: the only way to stop that is to
+        // stop the worker. Its other requests go back to the queue as they
+        // were (not a retry), and its replacement does not count as a crash.
+        requeue_front(*w, false);
+        w->expected_end = true;
+        kill(*w);
+      }
+      idle_.cancel();
+      return;
+    }
+    complete(r, ec);
+  }
+
+  void requeue_front(worker& w, bool retry) {
+    for (auto it = w.inflight.rbegin(); it != w.inflight.rend(); ++it) {
+      if (!*it) continue;
+      if (!retry) --(*it)->info.attempts;  // not an attempt of its own: sent again as it was
+      queue_.push_front(*it);
+    }
+    w.inflight.clear();
+  }
+
+  void kill(worker& w) {
+    w.usable = false;
+    error_code ignored;
+    w.proc.signal(SIGKILL, ignored);
+  }
+
+  void end_input(worker& w) {
+    w.usable = false;
+    w.expected_end = true;
+    error_code ignored;
+    w.tx.next_layer().close(ignored);  // (queued bytes are written first only while open: nothing is queued now)
+  }
+
+  // --- workers ------------------------------------------------------------
+
+  std::shared_ptr<worker> start_worker(error_code& ec) {
+    auto w = std::make_shared<worker>(ex_);
+    if (kind_.function) {
+      auto req = coropipe::pipe(ec);
+      if (ec) return nullptr;
+      auto rep = coropipe::pipe(ec);
+      if (ec) return nullptr;
+      const char* failed = nullptr;
+      w->proc = detail::fork_bound(
+          ex_, kind_.fork, ec, failed,
+          [fn = kind_.function, init = kind_.initializer](child_context& ctx, unique_fd in,
+                                                          unique_fd out) -> asio::awaitable<int> {
+            if (init) co_await init();
+            auto f = fn;
+            co_return co_await serve_channels<Request, Reply>(ctx.attach(std::move(in)), ctx.attach(std::move(out)), f);
+          },
+          std::move(req.read_end), std::move(rep.write_end));
+      if (ec) return nullptr;
+      w->tx = framed_stream<stream>(attach(ex_, std::move(req.write_end), ec), request_options());
+      if (ec) return nullptr;
+      w->rx = channel<Reply, Reply>(attach(ex_, std::move(rep.read_end), ec), reply_options());
+      if (ec) return nullptr;
+      return w;
+    }
+    spawn_options so;
+    so.argv = kind_.argv;
+    so.program = kind_.program;
+    so.in = stdio::pipe();
+    so.out = stdio::pipe();
+    so.parent_death_signal = 9;
+    process p = coropipe::spawn(ex_, std::move(so), ec);
+    if (ec) return nullptr;
+    w->tx = framed_stream<stream>(std::move(p.stdin_pipe()), request_options());
+    w->rx = channel<Reply, Reply>(std::move(p.stdout_pipe()), reply_options());
+    w->proc = std::move(p);  // the pipes have been taken: only the child is kept
+    return w;
+  }
+
+  // Every request is copied into the send queue (dispatch never waits), so
+  // a large one is never refused for its size.
+  static framed_options request_options() {
+    framed_options fo;
+    fo.copy_threshold = std::numeric_limits<std::size_t>::max();
+    return fo;
+  }
+
+  framed_options reply_options() const {
+    framed_options fo;
+    fo.max_message_size = opts_.max_reply_size;
+    return fo;
+  }
+
+  bool budget_allows() {
+    const auto now = std::chrono::steady_clock::now();
+    while (!restarts_.empty() && now - restarts_.front() > opts_.restart_period) restarts_.pop_front();
+    if (restarts_.size() >= opts_.restart_budget) return false;
+    restarts_.push_back(now);
+    return true;
+  }
+
+  void give_up() {
+    broken_ = true;
+    // What waits for a worker cannot get one; what live workers hold goes on.
+    while (!queue_.empty()) {
+      request* r = queue_.front();
+      queue_.pop_front();
+      complete(*r, errc::pool_restart_budget_exhausted);
+    }
+    room_.cancel();
+    idle_.cancel();
+  }
+
+  static asio::awaitable<void> run_position(std::shared_ptr<pool_state> self, std::size_t index) {
+    co_await self->position(index);
+  }
+
+  asio::awaitable<void> position(std::size_t index) {
+    co_await asio::this_coro::throw_if_cancelled(false);
+    constexpr auto tuple = compat::as_tuple(asio::use_awaitable);
+    unsigned consecutive = 0;
+    bool first = true;
+    while (!stopping_ && !broken_) {
+      if (consecutive > 0) {
+        auto delay = opts_.restart_backoff;
+        for (unsigned i = 1; i < consecutive && delay < opts_.max_restart_backoff; ++i) delay *= 2;
+        backoff_.expires_after(std::min(delay, opts_.max_restart_backoff));
+        (void)co_await backoff_.async_wait(tuple);
+        if (stopping_ || broken_) break;
+      }
+      error_code ec;
+      auto w = start_worker(ec);
+      if (!first) ++stats_[index].restarts;
+      first = false;
+      if (!w) {
+        // Could not start one (fork refused, EAGAIN, spawn failure).
+        stats_[index].last_exit.reset();
+        start_error_ = ec;
+        ++consecutive;
+        // Errors that no retry can cure end the pool at once.
+        if (ec == errc::fork_in_threaded_process || ec == errc::invalid_argument || !budget_allows()) {
+          give_up();
+          break;
+        }
+        continue;
+      }
+      workers_[index] = w;
+      stats_[index].pid = w->proc.pid();
+      dispatch();
+      bool served_any = false;
+      Reply value{};
+      for (;;) {
+        auto [rec, got] = co_await w->rx.async_receive(value, tuple);
+        if (rec || !got) break;
+        if (w->inflight.empty()) break;  // a reply to nothing: garbage
+        request* r = w->inflight.front();
+        w->inflight.pop_front();
+        ++stats_[index].served;
+        served_any = true;
+        w->blocked = false;
+        if (r) {
+          r->reply.emplace(std::move(value));
+          complete(*r, {});
+        }
+        if (opts_.max_requests_per_worker != 0 && w->sent >= opts_.max_requests_per_worker &&
+            w->inflight.empty()) {
+          end_input(*w);  // retired: it exits on end of input
+        }
+        dispatch();
+        if (w->inflight.empty()) idle_.cancel();
+      }
+      // The worker has ended, or must.
+      w->usable = false;
+      const bool expected = w->expected_end;
+      error_code ignored;
+      w->tx.next_layer().close(ignored);
+      // No signal at first (signal 0 only checks): a worker on its way out
+      // ends on its own, with its own status; SIGKILL once the grace is over.
+      auto [wec, status] = co_await w->proc.async_stop(expected ? opts_.stop_grace : std::chrono::milliseconds(100),
+                                                       0, tuple);
+      if (!wec) stats_[index].last_exit = status;
+      stats_[index].pid = 0;
+      if (opts_.on_worker_exit && !wec) opts_.on_worker_exit(worker_exit{index, w->proc.pid(), status, expected});
+      // Its requests: sent again, or failed with its status.
+      std::deque<request*> held;
+      held.swap(w->inflight);
+      for (auto it = held.rbegin(); it != held.rend(); ++it) {
+        request* r = *it;
+        if (!r) continue;
+        r->info.worker_pid = w->proc.pid();
+        r->info.worker_status = status;
+        if (r->info.attempts <= opts_.max_retries && !stopping_) {
+          queue_.push_front(r);
+        } else {
+          complete(*r, errc::worker_died);
+        }
+      }
+      workers_[index].reset();
+      idle_.cancel();
+      if (stopping_) break;
+      if (expected) {
+        consecutive = 0;
+      } else {
+        consecutive = served_any ? 1 : consecutive + 1;
+        if (!budget_allows()) {
+          give_up();
+          break;
+        }
+      }
+      dispatch();
+    }
+    if (broken_) give_up();
+  }
+
+  asio::any_io_executor ex_;
+  pool_workers<Request, Reply> kind_;
+  pool_options opts_;
+  asio::steady_timer room_;     // backpressure: cancelled when the queue shrinks
+  asio::steady_timer idle_;     // cancelled when requests or workers finish
+  asio::steady_timer backoff_;  // restart delays (one timer: cancel() ends them all)
+  std::deque<request*> queue_;
+  std::vector<std::shared_ptr<worker>> workers_;
+  std::vector<worker_stats> stats_;
+  std::deque<std::chrono::steady_clock::time_point> restarts_;
+  std::vector<std::byte> scratch_;  // encoding, reused
+  std::size_t running_ = 0;  // worker positions' coroutines
+  bool closed_ = false;
+  bool stopping_ = false;
+  bool broken_ = false;
+  error_code start_error_;
+};
+
+} // namespace detail
+
+/// A pool of worker processes; see the file's documentation.
+template <codable Request, codable Reply>
+class pool {
+public:
+  using executor_type = asio::any_io_executor;
+  using request_type = Request;
+  using reply_type = Reply;
+  /// pool_workers of this pool's types.
+  using workers_type = pool_workers<Request, Reply>;
+
+  /// Starts the workers (forked ones before this returns, spawned ones too:
+  /// spawn() returns once the program is exec'd).
+  pool(const executor_type& ex, pool_workers<Request, Reply> workers, pool_options opts = {})
+      : st_(std::make_shared<detail::pool_state<Request, Reply>>(ex, std::move(workers), opts)) {
+    st_->start();
+  }
+  pool(const pool&) = delete;
+  pool& operator=(const pool&) = delete;
+
+  /// Fails what is pending with `errc::pool_closed`, kills the workers and
+  /// reaps them, synchronously.
+  ~pool() { st_->destroy(); }
+
+  [[nodiscard]] executor_type get_executor() const noexcept { return st_->executor(); }
+
+  /// Sends @p request to a worker and completes with its reply.
+  ///
+  /// Completion signature: `void(error_code, Reply)`.
+  ///
+  /// Errors: `errc::worker_died` (the worker died and retries are used up;
+  /// see submit_options::info for its exit status),
+  /// `asio::error::operation_aborted` (cancelled), ETIMEDOUT (`ec == std::errc::timed_out`),
+  /// `errc::pool_closed`, `errc::pool_restart_budget_exhausted`. Supports
+  /// per-operation cancellation (terminal). @p request is encoded before
+  /// this returns.
+  template <typename SubmitToken = asio::default_completion_token_t<executor_type>>
+  auto async_submit(const Request& request, submit_options so,
+                    SubmitToken&& token = asio::default_completion_token_t<executor_type>()) {
+    if constexpr (detail::is_as_tuple_use_awaitable<SubmitToken>) {
+      return st_->submit(request, so);
+    } else if constexpr (detail::is_use_awaitable<SubmitToken>) {
+      return submit_throwing(st_, request, so);
+    } else {
+      return detail::async_run<Reply>(st_->executor(), st_->submit(request, so), std::forward<SubmitToken>(token));
+    }
+  }
+
+  /// async_submit() with default submit_options.
+  template <typename SubmitToken = asio::default_completion_token_t<executor_type>>
+  auto async_submit(const Request& request, SubmitToken&& token = asio::default_completion_token_t<executor_type>()) {
+    return async_submit(request, submit_options{}, std::forward<SubmitToken>(token));
+  }
+
+  /// Ends the pool (see shutdown_mode); completes once every worker is reaped.
+  ///
+  /// Completion signature: `void(error_code)`.
+  template <typename ShutdownToken = asio::default_completion_token_t<executor_type>>
+  auto async_shutdown(shutdown_mode mode, ShutdownToken&& token = asio::default_completion_token_t<executor_type>()) {
+    return asio::async_initiate<ShutdownToken, void(error_code)>(
+        [](auto handler, std::shared_ptr<detail::pool_state<Request, Reply>> st, shutdown_mode m) {
+          auto ex = st->executor();
+          detail::async_run<int>(ex, st->shutdown(m),
+                                 [h = std::move(handler)](error_code ec, int) mutable { std::move(h)(ec); });
+        },
+        token, st_, mode);
+  }
+
+  /// Graceful async_shutdown().
+  template <typename ShutdownToken = asio::default_completion_token_t<executor_type>>
+  auto async_shutdown(ShutdownToken&& token = asio::default_completion_token_t<executor_type>()) {
+    return async_shutdown(shutdown_mode::graceful, std::forward<ShutdownToken>(token));
+  }
+
+  /// Statistics per worker position.
+  [[nodiscard]] std::vector<worker_stats> stats() const { return st_->stats(); }
+  /// Requests waiting for a worker.
+  [[nodiscard]] std::size_t queued() const noexcept { return st_->queued(); }
+  /// Requests sent to workers and not answered yet.
+  [[nodiscard]] std::size_t in_flight() const noexcept { return st_->in_flight(); }
+  /// True once the restart budget is exhausted (or a worker could not be
+  /// started for a reason no retry cures: `errc::fork_in_threaded_process`,
+  /// `errc::invalid_argument`).
+  [[nodiscard]] bool broken() const noexcept { return st_->broken(); }
+  /// Why the last worker that could not be started failed (fork_child() or
+  /// spawn()'s error, e.g. ENOENT for a missing program); empty if none.
+  [[nodiscard]] error_code last_start_error() const noexcept { return st_->last_start_error(); }
+
+private:
+  static asio::awaitable<Reply> submit_throwing(std::shared_ptr<detail::pool_state<Request, Reply>> st,
+                                                Request request, submit_options so) {
+    auto [ec, reply] = co_await st->submit(std::move(request), so);
+    if (ec) throw system_error(ec, "coropipe::pool::async_submit");
+    co_return std::move(reply);
+  }
+
+  std::shared_ptr<detail::pool_state<Request, Reply>> st_;
+};
+
+/// Submits every request of @p requests and completes with the replies in
+/// the same order; at most @p lanes requests in flight (0: as many as the
+/// pool's queue takes).
+///
+/// Completion signature: `void(error_code, std::vector<Reply>)`: the first
+/// error (the replies are then those received so far).
+template <codable Request, codable Reply, typename Range,
+          typename Token = asio::default_completion_token_t<asio::any_io_executor>>
+auto async_map(pool<Request, Reply>& p, const Range& requests, Token&& token = Token()) {
+  auto body = [](pool<Request, Reply>& pl, const Range& reqs) -> asio::awaitable<std::tuple<error_code, std::vector<Reply>>> {
+    std::vector<Reply> out(std::size(reqs));
+    error_code first;
+    std::size_t next = 0, active = 0;
+    auto ex = pl.get_executor();
+    asio::steady_timer done(ex);
+    done.expires_at(std::chrono::steady_clock::time_point::max());
+    const std::size_t lanes = std::max<std::size_t>(1, std::min<std::size_t>(out.size(), 1024));
+    auto lane = [&]() -> asio::awaitable<void> {
+      while (next < out.size() && !first) {
+        const std::size_t i = next++;
+        const auto& req = *std::next(std::begin(reqs), static_cast<std::ptrdiff_t>(i));
+        auto [ec, rep] = co_await pl.async_submit(req, compat::as_tuple(asio::use_awaitable));
+        if (ec && !first) first = ec;
+        else out[i] = std::move(rep);
+      }
+    };
+    for (std::size_t l = 0; l < lanes; ++l) {
+      ++active;
+      asio::co_spawn(ex, lane(), [&](std::exception_ptr) {
+        if (--active == 0) done.cancel();
+      });
+    }
+    while (active != 0) (void)co_await done.async_wait(compat::as_tuple(asio::use_awaitable));
+    co_return std::tuple{first, std::move(out)};
+  };
+  return detail::async_run<std::vector<Reply>>(p.get_executor(), body(p, requests), std::forward<Token>(token));
+}
+
+/// Submits every request of @p requests and calls `on_reply(index, Reply&&)`
+/// for each reply as it arrives (in completion order, not request order).
+///
+/// Completion signature: `void(error_code, std::size_t)`: the first error,
+/// and the number of replies delivered.
+template <codable Request, codable Reply, typename Range, typename OnReply,
+          typename Token = asio::default_completion_token_t<asio::any_io_executor>>
+auto async_for_each_reply(pool<Request, Reply>& p, const Range& requests, OnReply on_reply, Token&& token = Token()) {
+  auto body = [](pool<Request, Reply>& pl, const Range& reqs,
+                 OnReply cb) -> asio::awaitable<std::tuple<error_code, std::size_t>> {
+    const std::size_t total = static_cast<std::size_t>(std::size(reqs));
+    error_code first;
+    std::size_t next = 0, active = 0, delivered = 0;
+    auto ex = pl.get_executor();
+    asio::steady_timer done(ex);
+    done.expires_at(std::chrono::steady_clock::time_point::max());
+    const std::size_t lanes = std::max<std::size_t>(1, std::min<std::size_t>(total, 1024));
+    auto lane = [&]() -> asio::awaitable<void> {
+      while (next < total && !first) {
+        const std::size_t i = next++;
+        const auto& req = *std::next(std::begin(reqs), static_cast<std::ptrdiff_t>(i));
+        auto [ec, rep] = co_await pl.async_submit(req, compat::as_tuple(asio::use_awaitable));
+        if (ec) {
+          if (!first) first = ec;
+        } else {
+          ++delivered;
+          cb(i, std::move(rep));
+        }
+      }
+    };
+    for (std::size_t l = 0; l < lanes; ++l) {
+      ++active;
+      asio::co_spawn(ex, lane(), [&](std::exception_ptr) {
+        if (--active == 0) done.cancel();
+      });
+    }
+    while (active != 0) (void)co_await done.async_wait(compat::as_tuple(asio::use_awaitable));
+    co_return std::tuple{first, delivered};
+  };
+  return detail::async_run<std::size_t>(p.get_executor(), body(p, requests, std::move(on_reply)),
+                                        std::forward<Token>(token));
+}
+
+} // namespace coropipe
