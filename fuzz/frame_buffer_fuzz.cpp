@@ -116,24 +116,4 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   return 0;
 }
 
-#if defined(COROPIPE_FUZZ_REPLAY)
-// Without libFuzzer: run the inputs named on the command line (the corpus
-// files), as a test in every build.
-#include <fstream>
-#include <iterator>
-int main(int argc, char** argv) {
-  int count = 0;
-  for (int i = 1; i < argc; ++i) {
-    std::ifstream in(argv[i], std::ios::binary);
-    if (!in) {
-      std::fprintf(stderr, "cannot read %s\n", argv[i]);
-      return 1;
-    }
-    const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
-    ++count;
-  }
-  std::printf("replayed %d inputs\n", count);
-  return count > 0 ? 0 : 1;
-}
-#endif
+#include "replay_main.hpp"  // main() of the replay build (COROPIPE_FUZZ_REPLAY)
