@@ -75,8 +75,12 @@ std::string python_for_tests() {
 
 TEST_CASE("fd_passing: a pipe's read end handed over, read directly by the receiver") {
   asio::io_context io;
-  auto [a, b] = socket_pair(io);
-  auto [r, w] = make_pipe();
+  auto ab_pair = socket_pair(io);  // not a structured binding: clang 14 cannot capture those in lambdas
+  auto& a = ab_pair.first;
+  auto& b = ab_pair.second;
+  auto rw_pair = make_pipe();  // not a structured binding: clang 14 cannot capture those in lambdas
+  auto& r = rw_pair.first;
+  auto& w = rw_pair.second;
   coropipe_test::run(io, [&]() -> awaitable<void> {
     // [docs:fd-handover]
     // Sender: hand over the pipe's read end, then close ours.
@@ -96,7 +100,9 @@ TEST_CASE("fd_passing: a pipe's read end handed over, read directly by the recei
 
 TEST_CASE("fd_passing: many descriptors; zero; more than 253 refused") {
   asio::io_context io;
-  auto [a, b] = socket_pair(io);
+  auto ab_pair = socket_pair(io);  // not a structured binding: clang 14 cannot capture those in lambdas
+  auto& a = ab_pair.first;
+  auto& b = ab_pair.second;
   coropipe_test::run(io, [&]() -> awaitable<void> {
     std::vector<int> many(253, STDIN_FILENO);
     co_await coropipe::async_send_fds(a, std::span<const int>(many), use_awaitable);
@@ -116,7 +122,9 @@ TEST_CASE("fd_passing: many descriptors; zero; more than 253 refused") {
 
 TEST_CASE("fd_passing: a count mismatch is an error and nothing leaks") {
   asio::io_context io;
-  auto [a, b] = socket_pair(io);
+  auto ab_pair = socket_pair(io);  // not a structured binding: clang 14 cannot capture those in lambdas
+  auto& a = ab_pair.first;
+  auto& b = ab_pair.second;
   coropipe_test::run(io, [&]() -> awaitable<void> {
     const std::array<int, 3> three{STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO};
     co_await coropipe::async_send_fds(a, std::span<const int>(three), use_awaitable);
@@ -135,7 +143,9 @@ TEST_CASE("fd_passing: a count mismatch is an error and nothing leaks") {
 
 TEST_CASE("fd_passing: truncated control data (receiver out of descriptors) closes what arrived") {
   asio::io_context io;
-  auto [a, b] = socket_pair(io);
+  auto ab_pair = socket_pair(io);  // not a structured binding: clang 14 cannot capture those in lambdas
+  auto& a = ab_pair.first;
+  auto& b = ab_pair.second;
   const std::array<int, 8> eight{0, 0, 0, 0, 0, 0, 0, 0};
   coropipe_test::run(io, [&]() -> awaitable<void> {
     co_await coropipe::async_send_fds(a, std::span<const int>(eight), use_awaitable);
@@ -155,10 +165,13 @@ TEST_CASE("fd_passing: truncated control data (receiver out of descriptors) clos
 
 TEST_CASE("fd_passing: credentials header first (SO_PASSCRED) is walked past") {
   asio::io_context io;
-  auto [a, b] = socket_pair(io);
+  auto ab_pair = socket_pair(io);  // not a structured binding: clang 14 cannot capture those in lambdas
+  auto& a = ab_pair.first;
+  auto& b = ab_pair.second;
   const int one = 1;
   REQUIRE(::setsockopt(b.native_handle(), SOL_SOCKET, SO_PASSCRED, &one, sizeof one) == 0);
-  auto [r, w] = make_pipe();
+  auto rw_pair = make_pipe();  // not a structured binding: clang 14 cannot capture those in lambdas
+  auto& r = rw_pair.first;
   coropipe_test::run(io, [&]() -> awaitable<void> {
     const std::array<int, 1> fds{r.get()};
     co_await coropipe::async_send_fds(a, std::span<const int>(fds), use_awaitable);
@@ -197,7 +210,9 @@ TEST_CASE("fd_passing: Python's send_handle to coropipe, and coropipe to Python'
     auto p = coropipe_test::start_program({py, COROPIPE_MP_PEER, "recv_handle", l.local_address().python_literal()});
     coropipe_test::run(io, [&]() -> awaitable<void> {
       auto s = co_await l.async_accept(use_awaitable);
-      auto [r, w] = make_pipe();
+      auto rw_pair = make_pipe();  // not a structured binding: clang 14 cannot capture those in lambdas
+      auto& r = rw_pair.first;
+      auto& w = rw_pair.second;
       const std::array<int, 1> fds{r.get()};
       co_await coropipe::async_send_fds(s.next_layer(), std::span<const int>(fds), use_awaitable);
       r.reset();
