@@ -1055,13 +1055,16 @@ static_assert(std::is_same_v<coropipe::child_channel<std::string>, coropipe::cha
 
 TEST_CASE("fork_with_channel: the child's child_channel<ToChild, FromChild> receives ToChild and sends FromChild") {
   asio::io_context io;
-  auto [ch, kid] = coropipe::fork_with_channel<std::int32_t, std::string>(
+  // Not a structured binding: clang 14 cannot capture those in the lambda below.
+  auto made = coropipe::fork_with_channel<std::int32_t, std::string>(
       io, [](child_context&, coropipe::child_channel<std::int32_t, std::string> to_parent) -> awaitable<int> {
         while (std::optional<std::int32_t> n = co_await to_parent.async_receive(use_awaitable))
           co_await to_parent.async_send(std::to_string(*n * *n), use_awaitable);
         co_return 0;
       });
-  static_assert(std::is_same_v<decltype(ch), coropipe::channel<std::int32_t, std::string>>);  // the parent's
+  auto& ch = made.channel;
+  auto& kid = made.child;
+  static_assert(std::is_same_v<decltype(made.channel), coropipe::channel<std::int32_t, std::string>>);  // the parent's
   run(io, [&]() -> awaitable<void> {
     const std::array<std::int32_t, 3> numbers{3, 12, -7};
     for (std::int32_t n : numbers) {
