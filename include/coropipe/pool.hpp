@@ -862,8 +862,11 @@ public:
     return asio::async_initiate<ShutdownToken, void(error_code)>(
         [](auto handler, std::shared_ptr<detail::pool_state<Request, Reply>> st, shutdown_mode m) {
           auto ex = st->executor();
+          // The completion holds the state: the shutdown coroutine runs on it
+          // even when the pool object is destroyed first (e.g. a detached
+          // shutdown started from a signal handler).
           detail::async_run<int>(ex, st->shutdown(m),
-                                 [h = std::move(handler)](error_code ec, int) mutable { std::move(h)(ec); });
+                                 [h = std::move(handler), st](error_code ec, int) mutable { std::move(h)(ec); });
         },
         token, st_, mode);
   }
