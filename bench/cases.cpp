@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
 // The cases of coropipe-bench: each as a raw baseline (plain C++ on the
 // system calls, blocking, no Asio) and through coropipe.
+#include "run.hpp"
 #include "cases.hpp"
 
 #include <coropipe/coropipe.hpp>
@@ -108,20 +109,6 @@ void reap(pid_t pid) {
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error("a raw child failed");
-}
-
-template <typename T>
-T run_to_completion(asio::io_context& io, awaitable<T> aw) {
-  std::exception_ptr error;
-  T result{};
-  asio::co_spawn(io, std::move(aw), [&](std::exception_ptr e, T r) {
-    error = e;
-    result = r;
-  });
-  io.run();
-  io.restart();
-  if (error) std::rethrow_exception(error);
-  return result;
 }
 
 void set_capacity(int fd, std::size_t capacity) {

@@ -5,6 +5,7 @@
 // the interpreter's start-up is not counted), and the pool's round trip
 // against case 3's raw ping-pong. The workers and the Python processes may
 // use every CPU (the bench pins itself to one).
+#include "run.hpp"
 #include "pool_cases.hpp"
 
 #include <coropipe/pool.hpp>
@@ -48,20 +49,6 @@ awaitable<int> inc(int x) { co_return x + 1; }
 
 int_pool make_pool(asio::io_context& io) {
   return int_pool(io.get_executor(), coropipe::pool_workers<int, int>::forked(inc, unpin), {.workers = 2, .window = 64});
-}
-
-template <typename T>
-T run_coro(asio::io_context& io, awaitable<T> aw) {
-  std::exception_ptr error;
-  T result{};
-  asio::co_spawn(io, std::move(aw), [&](std::exception_ptr e, T r) {
-    error = e;
-    result = r;
-  });
-  io.run();
-  io.restart();
-  if (error) std::rethrow_exception(error);
-  return result;
 }
 
 // n requests, at most `outstanding` in flight; returns requests/s.
@@ -141,7 +128,7 @@ double run_python(const std::string& args) {
 double pool_submit_rate(int n) {
   asio::io_context io(1);
   auto p = make_pool(io);
-  return run_coro(io, submit_rate(p, n, 1024));
+  return run_to_completion(io, submit_rate(p, n, 1024));
 }
 
 double python_executor_submit_rate(int n) { return run_python("submit " + std::to_string(n)); }
@@ -153,7 +140,7 @@ double python_imap_rate(int n, const std::string& chunksizes) {
 double pool_map_rate(int n) {
   asio::io_context io(1);
   auto p = make_pool(io);
-  return run_coro(io, [&]() -> awaitable<double> {
+  return run_to_completion(io, [&]() -> awaitable<double> {
     std::vector<int> in(static_cast<std::size_t>(n));
     std::iota(in.begin(), in.end(), 0);
     (void)co_await p.async_submit(0, use_awaitable);  // the workers are up
@@ -169,7 +156,7 @@ double pool_map_rate(int n) {
 double pool_round_trip(int rounds) {
   asio::io_context io(1);
   auto p = make_pool(io);
-  return run_coro(io, [&]() -> awaitable<double> {
+  return run_to_completion(io, [&]() -> awaitable<double> {
     for (int i = 0; i < 1000; ++i) (void)co_await p.async_submit(i, use_awaitable);
     const auto t0 = clock::now();
     for (int i = 0; i < rounds; ++i)
@@ -183,7 +170,7 @@ double pool_round_trip(int rounds) {
 double pool_allocations_per_request(int n) {
   asio::io_context io(1);
   auto p = make_pool(io);
-  return run_coro(io, [&]() -> awaitable<double> {
+  return run_to_completion(io, [&]() -> awaitable<double> {
     for (int i = 0; i < 20000; ++i) (void)co_await p.async_submit(i, use_awaitable);
     count_allocations(true);
     const std::uint64_t before = allocation_count();

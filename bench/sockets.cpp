@@ -4,6 +4,7 @@
 // + socket_stream on both ends) against a raw C baseline (blocking send/recv
 // of one framed message per call), and Python's own Client/Listener rate for
 // the same messages, all in the same run.
+#include "run.hpp"
 #include "cases.hpp"
 #include "harness.hpp"
 
@@ -90,19 +91,6 @@ int raw_connect(const coropipe::address& a) {
   const int fd = ::socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0 || ::connect(fd, reinterpret_cast<const ::sockaddr*>(&sa), len) != 0) fail("connect");
   return fd;
-}
-
-template <typename T>
-T run_to_completion(asio::io_context& io, awaitable<T> aw) {
-  std::exception_ptr error;
-  T result{};
-  asio::co_spawn(io, std::move(aw), [&](std::exception_ptr e, T r) {
-    error = e;
-    result = r;
-  });
-  io.run();
-  if (error) std::rethrow_exception(error);
-  return result;
 }
 
 } // namespace
