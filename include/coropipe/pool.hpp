@@ -169,7 +169,10 @@ struct pool_options {
   /// The largest reply accepted; a worker announcing a larger one is taken
   /// for broken (stopped, its requests failed or retried).
   std::size_t max_reply_size = default_max_message_size;
-  /// How long a worker asked to exit (shutdown, retirement) gets before SIGKILL.
+  /// How long a worker that is to end gets to exit on its own before SIGKILL:
+  /// one asked to exit (shutdown, retirement: its stdin is closed) and one
+  /// whose output ended or turned to garbage (its stdin is closed too). Its
+  /// own exit status is what is reported when it exits within this time.
   std::chrono::steady_clock::duration stop_grace = std::chrono::seconds(2);
   /// Called on the pool's executor each time a worker has ended and been
   /// reaped (before its replacement starts); may be empty.
@@ -744,9 +747,10 @@ private:
       error_code ignored;
       w->tx.next_layer().close(ignored);
       // No signal at first (signal 0 only checks): a worker on its way out
-      // ends on its own, with its own status; SIGKILL once the grace is over.
-      auto [wec, status] = co_await w->proc.async_stop(expected ? opts_.stop_grace : std::chrono::milliseconds(100),
-                                                       0, tuple);
+      // (its output ended, or its input just did) ends on its own, with its
+      // own status, however long its exit takes (atexit handlers, a loaded
+      // machine, a sanitizer's leak check); SIGKILL once stop_grace is over.
+      auto [wec, status] = co_await w->proc.async_stop(opts_.stop_grace, 0, tuple);
       if (!wec) stats_[index].last_exit = status;
       stats_[index].pid = 0;
       if (opts_.on_worker_exit && !wec) opts_.on_worker_exit(worker_exit{index, w->proc.pid(), status, expected});
