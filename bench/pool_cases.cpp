@@ -8,6 +8,7 @@
 #include "run.hpp"
 #include "pool_cases.hpp"
 
+#include <coropipe/batch.hpp>
 #include <coropipe/pool.hpp>
 
 #include <coropipe/asio.hpp>
@@ -146,6 +147,24 @@ double pool_map_rate(int n) {
     (void)co_await p.async_submit(0, use_awaitable);  // the workers are up
     const auto t0 = clock::now();
     auto out = co_await coropipe::async_map(p, in, use_awaitable);
+    const double secs = seconds_since(t0);
+    if (out.size() != in.size() || out.back() != n) throw std::runtime_error("wrong replies");
+    co_await p.async_shutdown(use_awaitable);
+    co_return n / secs;
+  }());
+}
+
+double pool_batch_map_rate(int n) {
+  using batches = coropipe::batch_pool<int, int>;
+  asio::io_context io(1);
+  batches p(io.get_executor(), batches::workers_type::forked(coropipe::batched(inc), unpin), {.workers = 2});
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    std::vector<int> in(static_cast<std::size_t>(n));
+    std::iota(in.begin(), in.end(), 0);
+    const std::vector<int> warm(in.begin(), in.begin() + std::min<std::ptrdiff_t>(n, 10000));
+    (void)co_await coropipe::async_batch_map(p, warm, {}, use_awaitable);  // the workers are up
+    const auto t0 = clock::now();
+    auto out = co_await coropipe::async_batch_map(p, in, {}, use_awaitable);  // chunk size: the default
     const double secs = seconds_since(t0);
     if (out.size() != in.size() || out.back() != n) throw std::runtime_error("wrong replies");
     co_await p.async_shutdown(use_awaitable);

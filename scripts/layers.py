@@ -21,6 +21,9 @@ LAYERS = [
     ("children", {"child", "fork", "reaper", "child_context"}),
     ("processes", {"spawn", "process_ops", "communicate", "pipeline"}),
     ("messages", {"frame", "framed_stream", "line_reader", "channel"}),
+    ("structured messages", {"decode_error", "pickle", "pickle_internal", "pyobject", "json"}),
+    ("sockets", {"address", "listener", "handshake", "fd_passing"}),
+    ("many workers", {"scope", "pool", "batch"}),
 ]
 UMBRELLA = {"coropipe"}
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](?:coropipe/)?([A-Za-z0-9_]+)\.hpp[>"]', re.M)

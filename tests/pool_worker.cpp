@@ -5,7 +5,10 @@
 //   print        as inc, but printf()s to stdout first (must not corrupt frames)
 //   garbage      writes a banner (no frame) to the real stdout, then serves
 //   init-fail    the initializer throws
+//   batch-inc    as inc, on batch<int> requests (batched())
 #include <coropipe/pool.hpp>
+
+#include <coropipe/batch.hpp>
 
 #include <coropipe/asio.hpp>
 
@@ -41,6 +44,9 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
       co_return x + 1;
     });
+  }
+  if (mode == "batch-inc") {
+    return coropipe::serve_stdio<coropipe::batch<int>, coropipe::batch<int>>(coropipe::batched(inc));
   }
   if (mode == "init-fail") {
     return coropipe::serve_stdio<int, int>(inc, [] { throw std::runtime_error("no database"); });

@@ -635,6 +635,28 @@ TEST_CASE("py_dicts: C++ sends dicts to an unmodified Python worker and gets dic
 
 namespace {
 const std::string prime_pool = COROPIPE_SAMPLE_PRIME_POOL;
+const std::string collatz = COROPIPE_SAMPLE_COLLATZ;
+}
+
+TEST_CASE("collatz: batched and unbatched pools give the same chains") {
+  const std::string expected = "longest below 1000000: 837799 (524 steps)\ntotal steps: 131434272\n";
+  auto r = run_program({collatz});
+  CHECK(status_of(r).success());
+  CHECK(r.out == expected);
+  CHECK(r.err.find("items/s, batched)") != std::string::npos);
+  r = run_program({collatz, "--chunk", "1000", "--workers", "3"});
+  CHECK(r.out == expected);
+  r = run_program({collatz, "--limit", "10", "--chunk", "1"});
+  CHECK(r.out == "longest below 10: 9 (19 steps)\ntotal steps: 61\n");
+  r = run_program({collatz, "--limit", "10", "--unbatched"});
+  CHECK(r.out == "longest below 10: 9 (19 steps)\ntotal steps: 61\n");
+  CHECK(r.err.find("one message per item") != std::string::npos);
+  r = run_program({collatz, "--limit", "1"});
+  CHECK(r.out == "total steps: 0\n");
+  r = run_program({collatz, "--chunk", "0"});
+  CHECK(status_of(r).exit_code() == 2);
+  CHECK(r.err.find("--chunk takes a whole number from 1") != std::string::npos);
+  CHECK_FALSE(coropipe_test::has_children());
 }
 
 TEST_CASE("prime_pool: the count of primes, with forked and with re-executed workers") {

@@ -5,6 +5,7 @@
 
 #include <coropipe/address.hpp>
 #include <coropipe/attach.hpp>
+#include <coropipe/batch.hpp>
 #include <coropipe/channel.hpp>
 #include <coropipe/child.hpp>
 #include <coropipe/communicate.hpp>
