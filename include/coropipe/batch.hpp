@@ -35,7 +35,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <iterator>
 #include <limits>
 #include <tuple>
@@ -62,7 +61,7 @@ template <codable T>
 struct codec<batch<T>> {
   static void encode(const batch<T>& b, std::vector<std::byte>& out) {
     if constexpr (detail::is_plain_bytes<T> && !std::is_same_v<T, bool>) {
-      detail::append_bytes(out, b.items.data(), b.items.size() * sizeof(T));
+      codec<std::vector<T>>::encode(b.items, out);
     } else {
       for (const T& item : b.items) {
         const std::size_t at = out.size();
@@ -77,10 +76,7 @@ struct codec<batch<T>> {
 
   static error_code decode(message_view in, batch<T>& out) {
     if constexpr (detail::is_plain_bytes<T> && !std::is_same_v<T, bool>) {
-      if (in.size() % sizeof(T) != 0) return errc::decode_failed;
-      out.items.resize(in.size() / sizeof(T));
-      if (!in.empty()) std::memcpy(out.items.data(), in.data(), in.size());
-      return {};
+      return codec<std::vector<T>>::decode(in, out.items);
     } else {
       std::size_t count = 0;
       std::size_t pos = 0;
@@ -222,29 +218,23 @@ auto async_batch_map(batch_pool<Request, Reply>& p, const Range& requests, batch
                  batch_map_options o) -> asio::awaitable<std::tuple<error_code, std::vector<Reply>>> {
     const std::size_t total = static_cast<std::size_t>(std::size(reqs));
     std::vector<Reply> out(total);
+    const std::size_t workers = std::max<std::size_t>(1, pl.stats().size());
     std::size_t chunk = o.chunk_size;
-    if (chunk == 0) {
-      const std::size_t parts = 4 * std::max<std::size_t>(1, pl.stats().size());
-      chunk = std::clamp<std::size_t>((total + parts - 1) / parts, 1, 8192);
-    }
+    if (chunk == 0) chunk = std::clamp<std::size_t>((total + 4 * workers - 1) / (4 * workers), 1, 8192);
     const std::size_t batches = (total + chunk - 1) / chunk;
     error_code first;
-    std::size_t next = 0, active = 0;
-    auto ex = pl.get_executor();
-    asio::steady_timer done(ex);
-    done.expires_at(std::chrono::steady_clock::time_point::max());
+    std::size_t next = 0;
     auto begin = std::begin(reqs);
     // Enough batches in flight to fill every worker's window and the queue
     // behind it; each lane submits one batch at a time.
-    const std::size_t lanes = std::max<std::size_t>(1, std::min<std::size_t>(batches, 2 * pl.stats().size() + 2));
+    const std::size_t lanes = std::max<std::size_t>(1, std::min<std::size_t>(batches, 2 * workers + 2));
     auto lane = [&]() -> asio::awaitable<void> {
-      batch<Request> b;
       while (next < batches && !first) {
         const std::size_t i = next++;
         const std::size_t lo = i * chunk, hi = std::min(total, lo + chunk);
+        batch<Request> b;
         b.items.assign(std::next(begin, static_cast<std::ptrdiff_t>(lo)), std::next(begin, static_cast<std::ptrdiff_t>(hi)));
         auto r = co_await pl.async_submit(std::move(b), compat::as_tuple(asio::use_awaitable));
-        b = batch<Request>();
         error_code ec = std::get<0>(r);
         batch<Reply>& rep = std::get<1>(r);
         if (!ec && rep.items.size() != hi - lo) ec = errc::decode_failed;
@@ -255,13 +245,7 @@ auto async_batch_map(batch_pool<Request, Reply>& p, const Range& requests, batch
         }
       }
     };
-    for (std::size_t l = 0; l < lanes; ++l) {
-      ++active;
-      asio::co_spawn(ex, lane(), [&](std::exception_ptr) {
-        if (--active == 0) done.cancel();
-      });
-    }
-    while (active != 0) (void)co_await done.async_wait(compat::as_tuple(asio::use_awaitable));
+    co_await detail::run_lanes(pl.get_executor(), lanes, lane);
     co_return std::tuple{first, std::move(out)};
   };
   return detail::async_run<std::vector<Reply>>(p.get_executor(), body(p, requests, options), std::forward<Token>(token));

@@ -906,6 +906,25 @@ private:
   std::shared_ptr<detail::pool_state<Request, Reply>> st_;
 };
 
+namespace detail {
+// Runs @p lanes coroutines `lane()` side by side on @p ex and returns once
+// every one of them has ended (the map helpers' workers: each lane takes the
+// next item until none is left).
+template <typename Executor, typename Lane>
+asio::awaitable<void> run_lanes(Executor ex, std::size_t lanes, Lane& lane) {
+  std::size_t active = 0;
+  asio::steady_timer done(ex);
+  done.expires_at(std::chrono::steady_clock::time_point::max());
+  for (std::size_t l = 0; l < lanes; ++l) {
+    ++active;
+    asio::co_spawn(ex, lane(), [&](std::exception_ptr) {
+      if (--active == 0) done.cancel();
+    });
+  }
+  while (active != 0) (void)co_await done.async_wait(compat::as_tuple(asio::use_awaitable));
+}
+} // namespace detail
+
 /// Submits every request of @p requests and completes with the replies in
 /// the same order; at most @p lanes requests in flight (0: as many as the
 /// pool's queue takes).
@@ -918,10 +937,7 @@ auto async_map(pool<Request, Reply>& p, const Range& requests, Token&& token = T
   auto body = [](pool<Request, Reply>& pl, const Range& reqs) -> asio::awaitable<std::tuple<error_code, std::vector<Reply>>> {
     std::vector<Reply> out(std::size(reqs));
     error_code first;
-    std::size_t next = 0, active = 0;
-    auto ex = pl.get_executor();
-    asio::steady_timer done(ex);
-    done.expires_at(std::chrono::steady_clock::time_point::max());
+    std::size_t next = 0;
     const std::size_t lanes = std::max<std::size_t>(1, std::min<std::size_t>(out.size(), 1024));
     auto lane = [&]() -> asio::awaitable<void> {
       while (next < out.size() && !first) {
@@ -932,13 +948,7 @@ auto async_map(pool<Request, Reply>& p, const Range& requests, Token&& token = T
         else out[i] = std::move(rep);
       }
     };
-    for (std::size_t l = 0; l < lanes; ++l) {
-      ++active;
-      asio::co_spawn(ex, lane(), [&](std::exception_ptr) {
-        if (--active == 0) done.cancel();
-      });
-    }
-    while (active != 0) (void)co_await done.async_wait(compat::as_tuple(asio::use_awaitable));
+    co_await detail::run_lanes(pl.get_executor(), lanes, lane);
     co_return std::tuple{first, std::move(out)};
   };
   return detail::async_run<std::vector<Reply>>(p.get_executor(), body(p, requests), std::forward<Token>(token));
@@ -956,10 +966,7 @@ auto async_for_each_reply(pool<Request, Reply>& p, const Range& requests, OnRepl
                  OnReply cb) -> asio::awaitable<std::tuple<error_code, std::size_t>> {
     const std::size_t total = static_cast<std::size_t>(std::size(reqs));
     error_code first;
-    std::size_t next = 0, active = 0, delivered = 0;
-    auto ex = pl.get_executor();
-    asio::steady_timer done(ex);
-    done.expires_at(std::chrono::steady_clock::time_point::max());
+    std::size_t next = 0, delivered = 0;
     const std::size_t lanes = std::max<std::size_t>(1, std::min<std::size_t>(total, 1024));
     auto lane = [&]() -> asio::awaitable<void> {
       while (next < total && !first) {
@@ -974,13 +981,7 @@ auto async_for_each_reply(pool<Request, Reply>& p, const Range& requests, OnRepl
         }
       }
     };
-    for (std::size_t l = 0; l < lanes; ++l) {
-      ++active;
-      asio::co_spawn(ex, lane(), [&](std::exception_ptr) {
-        if (--active == 0) done.cancel();
-      });
-    }
-    while (active != 0) (void)co_await done.async_wait(compat::as_tuple(asio::use_awaitable));
+    co_await detail::run_lanes(pl.get_executor(), lanes, lane);
     co_return std::tuple{first, delivered};
   };
   return detail::async_run<std::size_t>(p.get_executor(), body(p, requests, std::move(on_reply)),
