@@ -15,12 +15,16 @@
 #include <coropipe/asio.hpp>
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <fcntl.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -92,6 +96,60 @@ int raw_connect(const coropipe::address& a) {
   if (fd < 0 || ::connect(fd, reinterpret_cast<const ::sockaddr*>(&sa), len) != 0) fail("connect");
   return fd;
 }
+
+// The floor's side of a connection: non-blocking, TCP_NODELAY on TCP (as
+// coropipe's), registered once with an epoll set for reading.
+struct floor_end {
+  int fd;
+  int ep;
+  floor_end(int s, bool tcp) : fd(s), ep(::epoll_create1(EPOLL_CLOEXEC)) {
+    if (ep < 0) fail("epoll_create1");
+    if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) fail("fcntl");
+    const int one = 1;
+    if (tcp) ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) fail("epoll_ctl");
+  }
+  ~floor_end() { ::close(ep); }
+  void wait() const {
+    epoll_event ev{};
+    while (::epoll_wait(ep, &ev, 1, -1) < 0)
+      if (errno != EINTR) fail("epoll_wait");
+  }
+  // One frame written at once (the socket buffer always has room here).
+  void send_frame(const char* p, std::size_t n) const {
+    while (n > 0) {
+      const ssize_t r = ::send(fd, p, n, MSG_NOSIGNAL);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && errno == EAGAIN) {
+        pollfd pf{fd, POLLOUT, 0};
+        ::poll(&pf, 1, -1);
+        continue;
+      }
+      if (r <= 0) fail("send");
+      p += r;
+      n -= static_cast<std::size_t>(r);
+    }
+  }
+  // The reply: right after our own request nothing can be there yet, so wait
+  // first, then read (3 system calls a round: send, epoll_wait, recv).
+  void receive_frame(char* p, std::size_t n) const {
+    while (n > 0) {
+      wait();
+      for (;;) {
+        const ssize_t r = ::recv(fd, p, n, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && errno == EAGAIN) break;
+        if (r <= 0) fail("recv");
+        p += r;
+        n -= static_cast<std::size_t>(r);
+        if (n == 0) break;
+      }
+    }
+  }
+};
 
 } // namespace
 
@@ -178,6 +236,41 @@ double raw_socket_ping_pong(bool tcp, int rounds) {
   const double secs = seconds_since(t0);
   reap(pid);
   ::close(s);
+  ::close(l);
+  return secs / rounds * 1e6;
+}
+
+// The round trip written as any readiness-based event loop would at best:
+// both ends non-blocking with one epoll set each, registered once.
+double floor_socket_ping_pong(bool tcp, int rounds) {
+  coropipe::address a = where(tcp);
+  const int l = raw_listen(a);
+  const pid_t pid = ::fork();
+  if (pid < 0) fail("fork");
+  if (pid == 0) {
+    const floor_end s(raw_connect(a), tcp);
+    char buf[20];
+    for (int i = 0; i < rounds; ++i) {
+      s.receive_frame(buf, sizeof buf);
+      s.send_frame(buf, sizeof buf);
+    }
+    ::_exit(0);
+  }
+  const int fd = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+  if (fd < 0) fail("accept");
+  double secs = 0;
+  {
+    const floor_end s(fd, tcp);
+    char buf[20];
+    const auto t0 = clock::now();
+    for (int i = 0; i < rounds; ++i) {
+      s.send_frame(frame16, sizeof frame16);
+      s.receive_frame(buf, sizeof buf);
+    }
+    secs = seconds_since(t0);
+  }
+  reap(pid);
+  ::close(fd);
   ::close(l);
   return secs / rounds * 1e6;
 }
@@ -281,6 +374,11 @@ void add_socket_cases(std::vector<case_spec>& cases, const settings& s) {
     cases.push_back({"socket round trip 16 B, " + over, "{\"bytes\": 16, \"rounds\": " + std::to_string(rounds) + "}",
                      "us/round trip", better::lower, 1 / 1.1, [=] { return coropipe_socket_ping_pong(tcp, rounds); },
                      [=] { return raw_socket_ping_pong(tcp, rounds); }, ""});
+    cases.push_back({"socket round trip 16 B, " + over + ": floor, epoll without Asio",
+                     "{\"bytes\": 16, \"rounds\": " + std::to_string(rounds) + "}", "us/round trip", better::lower,
+                     std::nullopt, [=] { return floor_socket_ping_pong(tcp, rounds); },
+                     [=] { return raw_socket_ping_pong(tcp, rounds); },
+                     "reference: non-blocking send, epoll_wait, recv (3 system calls a round, registered once)"});
     cases.push_back({"socket messages 16 B, " + over + ": Python Client/Listener",
                      "{\"payload\": 16, \"messages\": " + std::to_string(py_messages) + "}", "msg/s", better::higher,
                      std::nullopt, [=] { return python_socket(tcp, py_messages, false); },

@@ -7,6 +7,7 @@
 #include COROPIPE_ASIO_INCLUDE(basic_socket_acceptor.hpp)
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -31,6 +32,22 @@ using acceptor_type = asio::basic_socket_acceptor<asio::generic::stream_protocol
 
 std::string_view view(const std::optional<message_view>& m) {
   return {reinterpret_cast<const char*>(m->data()), m->size()};
+}
+
+// Messages are written whole (one writev per batch), so Nagle's algorithm
+// only delays them: a request-reply round trip over TCP would wait for the
+// peer's delayed ACK. Off on every TCP connection, both ends.
+void set_no_delay(int fd, int family) noexcept {
+  if (family != AF_INET && family != AF_INET6) return;
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+int socket_family(int fd) noexcept {
+  ::sockaddr_storage sa{};
+  ::socklen_t len = sizeof sa;
+  if (::getsockname(fd, reinterpret_cast<::sockaddr*>(&sa), &len) != 0) return AF_UNSPEC;
+  return sa.ss_family;
 }
 
 // A receive during the handshake: end of stream is a failed handshake.
@@ -187,6 +204,7 @@ struct listener_state : std::enable_shared_from_this<listener_state> {
       if (std::find(uids.begin(), uids.end(), cred.uid) == uids.end())
         co_return stream_result{make_error_code(errc::peer_not_allowed), std::nullopt};
     }
+    set_no_delay(sock.native_handle(), socket_family(sock.native_handle()));
     socket_stream fs(std::move(sock), st->opts.framing);
     if (!st->opts.authkey) co_return stream_result{{}, std::move(fs)};
     asio::steady_timer deadline(st->ex, st->opts.handshake_timeout);
@@ -318,10 +336,12 @@ asio::awaitable<stream_result> connect_one(asio::any_io_executor ex, address add
     co_return (co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none;
   };
   std::chrono::milliseconds retry{1};
+  bool waited_for_write = false;
   for (;;) {
     if (::connect(fd, reinterpret_cast<const ::sockaddr*>(&sa), len) == 0) break;
     const int err = errno;
     if (err == EINPROGRESS || err == EINTR) {
+      waited_for_write = true;
       auto r = co_await (sock.async_wait(socket_type::wait_write, as_tuple) || deadline.async_wait(as_tuple));
       if (co_await cancelled()) co_return stream_result{asio::error::operation_aborted, std::nullopt};
       if (r.index() == 1) co_return stream_result{errno_code(ETIMEDOUT), std::nullopt};
@@ -343,6 +363,21 @@ asio::awaitable<stream_result> connect_one(asio::any_io_executor ex, address add
     }
     co_return stream_result{errno_code(err), std::nullopt};
   }
+  if (waited_for_write) {
+    // The wait for the connection left the socket registered with the
+    // reactor for writability too (Asio never takes that back): every ACK
+    // that frees send-buffer room would then wake the event loop for
+    // nothing. A fresh registration watches for reading only, as an
+    // accepted socket's does.
+    const int raw = sock.release(ec);
+    if (ec) co_return stream_result{ec, std::nullopt};
+    sock.assign(asio::generic::stream_protocol(family, 0), raw, ec);
+    if (ec) {
+      ::close(raw);
+      co_return stream_result{ec, std::nullopt};
+    }
+  }
+  set_no_delay(fd, family);
   socket_stream fs(std::move(sock), opts.framing);
   if (opts.authkey) {
     ec = co_await handshake_until(fs, *opts.authkey, opts.challenge, false, deadline);

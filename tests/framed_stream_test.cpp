@@ -912,6 +912,159 @@ TEST_CASE("try_send queues a small message at once, and refuses what it cannot")
   CHECK_FALSE(tx.try_send(asio::buffer(std::string_view("x"))));
 }
 
+// --- request and reply: the send written at once ------------------------------------------
+
+namespace {
+
+// Both ends of a socketpair as framed streams, and their descriptor numbers.
+struct framed_duplex {
+  framed_stream<> a;
+  framed_stream<> b;
+  int afd;
+  int bfd;
+};
+
+framed_duplex make_framed_duplex(asio::io_context& io, const framed_options& a_opts = {}) {
+  auto d = coropipe::duplex_pair();
+  const int a = d.first.get(), b = d.second.get();
+  return {framed_stream<>(coropipe::attach(io, std::move(d.first)), a_opts),
+          framed_stream<>(coropipe::attach(io, std::move(d.second))), a, b};
+}
+
+// a's receive waits until b's message arrives: a's next small send is then
+// written by the send itself.
+awaitable<void> wait_for_one(framed_duplex& d, std::string_view text) {
+  auto waiter = [&]() -> awaitable<void> { CHECK(co_await receive_string(d.a) == text); };
+  auto sender = [&]() -> awaitable<void> {
+    co_await asio::post(co_await asio::this_coro::executor, use_awaitable);
+    co_await d.b.async_send(asio::buffer(text), use_awaitable);
+  };
+  co_await (waiter() && sender());
+}
+
+} // namespace
+
+TEST_CASE("request-reply: the first small send after a receive waited is written by the send itself") {
+  asio::io_context io;
+  auto d = make_framed_duplex(io);
+  run(io, [&]() -> awaitable<void> {
+    for (int round = 0; round < 3; ++round) {
+      const std::string request = "request " + std::to_string(round);
+      co_await wait_for_one(d, request);
+      co_await d.a.async_send(asio::buffer(std::string_view("reply")), use_awaitable);
+      // Written before the send completed: nothing queued, the bytes are in the socket.
+      CHECK(d.a.pending_bytes() == 0);
+      CHECK(readable(d.bfd) == 9);
+      // The next send is batched again (queued, flushed in the background).
+      coropipe::detail::note_wait();  // no yield due: the flush must not run before the check
+      co_await d.a.async_send(asio::buffer(std::string_view("more")), use_awaitable);
+      CHECK(d.a.pending_bytes() == 8);
+      CHECK(co_await receive_string(d.b) == "reply");
+      CHECK(co_await receive_string(d.b) == "more");
+    }
+    // The receive right after a direct write waits for the reply without a
+    // read first, and gets it.
+    co_await wait_for_one(d, "ping");
+    co_await d.a.async_send(asio::buffer(std::string_view("pong")), use_awaitable);
+    auto replier = [&]() -> awaitable<void> {
+      CHECK(co_await receive_string(d.b) == "pong");
+      co_await d.b.async_send(asio::buffer(std::string_view("ack")), use_awaitable);
+    };
+    auto receiver = [&]() -> awaitable<void> { CHECK(co_await receive_string(d.a) == "ack"); };
+    co_await (receiver() && replier());
+    // A reply already there when the receive skips its read is still found.
+    co_await wait_for_one(d, "ping 2");
+    co_await d.a.async_send(asio::buffer(std::string_view("pong 2")), use_awaitable);
+    write_raw(d.bfd, frame_bytes("early"));
+    CHECK(co_await receive_string(d.a) == "early");
+  }());
+}
+
+TEST_CASE("request-reply: a direct send that meets a full socket (EAGAIN or a partial write) is finished by the flush") {
+  asio::io_context io;
+  // Payloads of up to 256 KiB copied, so that a large one is written directly.
+  framed_options opts;
+  opts.copy_threshold = std::size_t{256} << 10;
+  opts.send_buffer_size = std::size_t{1} << 20;
+  auto d = make_framed_duplex(io, opts);
+  const std::size_t threshold = d.a.options().copy_threshold;
+  run(io, [&]() -> awaitable<void> {
+    co_await wait_for_one(d, "go");
+    // Fill a's sending direction with whole frames, behind the framed_stream's back.
+    const std::size_t filled = fill_with_frames(d.afd);
+    REQUIRE(filled > 0);
+    // Full: the direct write takes nothing (EAGAIN); the send completes, queued.
+    const std::string big = pattern(threshold, 5);
+    co_await d.a.async_send(asio::buffer(big), use_awaitable);
+    CHECK(d.a.pending_bytes() == big.size() + 4);
+    for (std::size_t i = 0; i < filled; ++i) CHECK((co_await receive_string(d.b)).size() == PIPE_BUF - 4);
+    CHECK(same(co_await receive_string(d.b), big));
+
+    // Room for part of the frame only: what the direct write leaves is queued.
+    // A tiny send buffer makes a Unix socket take a large write in part.
+    co_await wait_for_one(d, "again");
+    const int small_buffer = 4096;
+    REQUIRE(::setsockopt(d.afd, SOL_SOCKET, SO_SNDBUF, &small_buffer, sizeof small_buffer) == 0);
+    co_await d.a.async_send(asio::buffer(big), use_awaitable);
+    const std::size_t left = d.a.pending_bytes();
+    CHECK(left > 0);
+    CHECK(left < big.size());
+    co_await d.a.async_send(asio::buffer(std::string_view("after")), use_awaitable);
+    CHECK(same(co_await receive_string(d.b), big));
+    CHECK(co_await receive_string(d.b) == "after");
+    co_await d.a.async_flush(use_awaitable);
+    CHECK(d.a.pending_bytes() == 0);
+  }());
+}
+
+TEST_CASE("request-reply: a direct send to a closed peer reports the error itself, and every later send") {
+  asio::io_context io;
+  auto d = make_framed_duplex(io);
+  run(io, [&]() -> awaitable<void> {
+    co_await wait_for_one(d, "last words");
+    d.b = framed_stream<>(coropipe::attach(io, coropipe::duplex_pair().first));  // closes b's end
+    auto [ec1] = co_await d.a.async_send(asio::buffer(std::string_view("reply")), as_tuple);
+    CHECK(ec1 == asio::error::broken_pipe);
+    auto [ec2] = co_await d.a.async_send(asio::buffer(std::string_view("again")), as_tuple);
+    CHECK(ec2 == asio::error::broken_pipe);
+    auto [ec3] = co_await d.a.async_flush(as_tuple);
+    CHECK(ec3 == asio::error::broken_pipe);
+    auto [ec4, end] = co_await d.a.async_receive(as_tuple);
+    CHECK_FALSE(ec4);
+    CHECK_FALSE(end.has_value());
+  }());
+  CHECK_FALSE(sigpipe_pending());
+}
+
+TEST_CASE("request-reply: large messages after a wait take the queued path, in order with the small ones") {
+  asio::io_context io;
+  auto d = make_framed_duplex(io);
+  const std::string big = pattern(std::size_t{1} << 20, 9);
+  run(io, [&]() -> awaitable<void> {
+    for (int round = 0; round < 2; ++round) {
+      co_await wait_for_one(d, "request");
+      auto sender = [&]() -> awaitable<void> {
+        co_await d.a.async_send(asio::buffer(big), use_awaitable);  // larger than copy_threshold
+        co_await d.a.async_send(asio::buffer(std::string_view("tail")), use_awaitable);
+      };
+      auto receiver = [&]() -> awaitable<void> {
+        CHECK(same(co_await receive_string(d.b), big));
+        CHECK(co_await receive_string(d.b) == "tail");
+      };
+      co_await (sender() && receiver());
+    }
+    // A small direct send, then a large one behind it.
+    co_await wait_for_one(d, "request");
+    co_await d.a.async_send(asio::buffer(std::string_view("head")), use_awaitable);
+    auto sender = [&]() -> awaitable<void> { co_await d.a.async_send(asio::buffer(big), use_awaitable); };
+    auto receiver = [&]() -> awaitable<void> {
+      CHECK(co_await receive_string(d.b) == "head");
+      CHECK(same(co_await receive_string(d.b), big));
+    };
+    co_await (sender() && receiver());
+  }());
+}
+
 // --- completion tokens -------------------------------------------------------------------
 
 TEST_CASE("callbacks: send, receive and flush never complete inside the initiating call") {

@@ -16,6 +16,16 @@
 /// payload is written from your memory (not copied) and its send completes
 /// once it has been written.
 ///
+/// Request and reply: the first small send after a receive had to wait, with
+/// nothing else queued, is written at once by the send itself (one
+/// non-blocking writev(2), no trip through the event loop), and the receive
+/// that follows it waits for the reply without first trying a read(2) that
+/// could only find nothing. What that write cannot take (a full socket or
+/// pipe buffer, a partial write) stays queued and the background flush
+/// finishes it; a write error it meets is reported by that same send. A
+/// round trip then costs a write, an epoll_wait, an epoll_ctl and a read on
+/// each side (docs/tutorial/05-sockets.md, "Performance").
+///
 /// Data queued when the framed_stream is destroyed is still written: the
 /// stream lingers in the background until its queue is empty (as long as its
 /// executor runs), and only then closes the descriptor. async_flush() waits
@@ -105,6 +115,16 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
   bool receiving = false;
   bool eof = false;
   error_code read_error;
+  // The last read(2) returned less than the room it was offered: the
+  // descriptor had nothing more at that moment.
+  bool drained = false;
+  // Our own frame was just written at once after the descriptor was
+  // drained: a reply cannot be there yet, so the next receive waits for
+  // readiness without trying a read(2) first (request-reply).
+  bool skip_read = false;
+  // A receive waited since the last send: the next small send is written
+  // at once (see queue_small), not batched by a posted flush.
+  bool send_direct = false;
 
   // Sending.
   send_queue queue;
@@ -168,6 +188,40 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
     notify();
   }
 
+  // Queues a copy of a small frame (the caller checked has_room and the
+  // size) and starts writing it. The first send after a receive waited, with
+  // nothing else queued, is written at once by one non-blocking writev(2)
+  // (no post, no scheduler round: request-reply latency); what it could not
+  // write (EAGAIN, a partial write) stays queued for the background flush.
+  // Later sends are batched by the posted flush as before. Returns the error
+  // that direct write met (then also the stream's sticky write_error).
+  error_code queue_small(message_view payload) {
+    const bool direct = send_direct && !flushing && queue.empty();
+    send_direct = false;
+    queue.push_copy(payload);
+    if (!direct) {
+      kick();
+      return {};
+    }
+    ensure_sigpipe_blocked();
+    prepare(stream);
+    ::iovec iov[max_iovecs];
+    const int n = queue.gather(iov, max_iovecs);
+    error_code ec;
+    const std::size_t written = try_writev(stream.native_handle(), iov, n, ec);
+    if (ec && ec != asio::error::would_block) {
+      fail(ec);
+      return ec;
+    }
+    queue.advance(written);
+    if (!queue.empty()) {
+      kick();
+    } else if (drained && rbuf.buffered() == 0) {
+      skip_read = true;
+    }
+    return {};
+  }
+
   // Takes the next buffered frame, reading (without blocking) if needed.
   // Returns true when the receive is over: with a message, an end of
   // stream (nothing, no error), or an error; false when it must wait.
@@ -188,10 +242,15 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
         if (ec) read_error = ec;
         return true;
       }
+      if (skip_read) {
+        skip_read = false;
+        return false;
+      }
       prepare(stream);
       const auto room = rbuf.prepare();
       error_code rec;
       const std::size_t n = try_read(stream.native_handle(), room.data(), room.size(), rec);
+      drained = n < room.size();
       if (rec == asio::error::would_block) return false;
       if (rec == asio::error::eof) {
         eof = true;
@@ -210,7 +269,10 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
 template <typename Stream>
 class receive_op {
 public:
-  explicit receive_op(std::shared_ptr<framed_state<Stream>> st) : st_(std::move(st)) {}
+  // @p tried: the caller found nothing buffered and its read would block,
+  // so the operation starts by waiting (no second read(2)).
+  explicit receive_op(std::shared_ptr<framed_state<Stream>> st, bool tried = false)
+      : st_(std::move(st)), tried_(tried) {}
 
   template <typename Self>
   void operator()(Self& self, error_code ec = {}) {
@@ -223,7 +285,7 @@ public:
         return;
       }
       st_->receiving = true;
-      if (st_->try_receive(msg_, ec_)) {
+      if (!tried_ && st_->try_receive(msg_, ec_)) {
         phase_ = phase::completing;
         asio::post(std::move(self));
         return;
@@ -235,11 +297,20 @@ public:
       return done(self, ec_);
     }
     note_wait();
-    st_->stream.async_wait(Stream::wait_read, std::move(self));
+    st_->send_direct = true;
+    wait(self);
   }
 
 private:
   enum class phase : unsigned char { starting, waiting, completing };
+
+  // Waits for readiness; then try_receive() reads. (Waiting with a read
+  // operation instead saves nothing: Asio's epoll reactor then tries a
+  // speculative read(2) where its async_wait calls epoll_ctl.)
+  template <typename Self>
+  void wait(Self& self) {
+    st_->stream.async_wait(Stream::wait_read, std::move(self));
+  }
 
   template <typename Self>
   void done(Self& self, error_code ec) {
@@ -252,6 +323,7 @@ private:
   std::optional<message_view> msg_;
   error_code ec_;
   phase phase_ = phase::starting;
+  bool tried_;
 };
 
 template <typename Stream>
@@ -276,11 +348,7 @@ public:
       case phase::room:
         if (cancelled) return finish(self, asio::error::operation_aborted);
         if (!st.has_room()) return wait(self);
-        if (payload_.size() <= st.opts.copy_threshold) {
-          st.queue.push_copy(payload_);
-          st.kick();
-          return finish(self, {});
-        }
+        if (payload_.size() <= st.opts.copy_threshold) return finish(self, st.queue_small(payload_));
         seq_ = st.queue.push_borrowed(payload_);
         st.kick();
         phase_ = phase::written;
@@ -357,8 +425,7 @@ template <bool Throw, typename Stream>
 asio::awaitable<send_result<Throw>> send_coro(framed_state<Stream>* st, message_view payload) {
   error_code ec;
   if (!st->write_error && st->has_room() && payload.size() <= st->opts.copy_threshold && !should_yield()) {
-    st->queue.push_copy(payload);
-    st->kick();
+    ec = st->queue_small(payload);
   } else {
     std::tie(ec) = co_await asio::async_compose<const compat::as_tuple_t<asio::use_awaitable_t<>>&,
                                                 void(error_code)>(
@@ -380,10 +447,14 @@ template <bool Throw, typename Stream>
 asio::awaitable<receive_result<Throw>> receive_coro(framed_state<Stream>* st) {
   std::optional<message_view> msg;
   error_code ec;
-  if (st->receiving || should_yield() || !st->try_receive(msg, ec)) {
+  // A receive already in progress, or a yield that is due, goes through the
+  // composed operation from its start; one that found nothing starts it
+  // waiting.
+  const bool busy = st->receiving || should_yield();
+  if (busy || !st->try_receive(msg, ec)) {
     std::tie(ec, msg) = co_await asio::async_compose<const compat::as_tuple_t<asio::use_awaitable_t<>>&,
                                                      void(error_code, std::optional<message_view>)>(
-        receive_op<Stream>(st->shared_from_this()), compat::as_tuple(asio::use_awaitable), st->stream);
+        receive_op<Stream>(st->shared_from_this(), !busy), compat::as_tuple(asio::use_awaitable), st->stream);
   }
   if (ec) msg.reset();
   if constexpr (Throw) {
