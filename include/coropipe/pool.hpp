@@ -47,8 +47,9 @@
 ///
 /// ### Cancellation and timeouts
 /// async_submit() supports per-operation cancellation (terminal), and
-/// submit_options::timeout (or pool_options::timeout). A request still queued
-/// is simply removed. A request that a worker is already busy with gets that
+/// submit_options::timeout (or pool_options::timeout), counted from the
+/// moment the request enters the queue. A request still queued, or waiting
+/// for room in the queue, is simply removed. A request that a worker is already busy with gets that
 /// worker stopped (SIGKILL: there is no other way to interrupt a process) and
 /// replaced, without counting against the restart budget; the request
 /// completes with `asio::error::operation_aborted`, or ETIMEDOUT
@@ -60,8 +61,16 @@
 /// Each worker has up to `window` requests in flight, so it never waits for
 /// the next one; the messages of many requests go out in one write (the
 /// framed_stream batches). A request goes to the least-loaded worker. At most
-/// `queue_limit` requests wait for a worker; async_submit() then waits for
-/// room (backpressure, bounded memory).
+/// `queue_limit` requests wait for a worker; further ones wait for room, first
+/// come first served (backpressure, bounded memory).
+///
+/// async_submit() is an Asio asynchronous operation of its own (no coroutine
+/// frame, no timer unless the request has a timeout: one timer per pool
+/// serves every deadline). A request's record (its encoded bytes, inline up to
+/// 64 bytes, and the completion handler) comes from the handler's associated
+/// allocator or, for a handler without one, from a free list kept by the
+/// pool: in steady state a request allocates nothing beyond what its codec
+/// needs.
 ///
 /// ### Lifetime
 /// async_shutdown() stops taking requests (new ones fail with
@@ -1137,6 +1146,12 @@ public:
   /// `errc::pool_closed`, `errc::pool_restart_budget_exhausted`. Supports
   /// per-operation cancellation (terminal). @p request is encoded before
   /// this returns.
+  ///
+  /// The handler runs on its associated executor (by default the pool's),
+  /// never inside async_submit() (an immediate error is posted): when a reply
+  /// arrives it is called at once if that executor is the pool's, and
+  /// dispatched to its own otherwise (a strand, another io_context), which
+  /// has outstanding work while the request is pending.
   template <typename SubmitToken = asio::default_completion_token_t<executor_type>>
   auto async_submit(const Request& request, submit_options so,
                     SubmitToken&& token = asio::default_completion_token_t<executor_type>()) {
