@@ -780,6 +780,7 @@ private:
   // Per-operation cancellation of a pending request (its handler's
   // cancellation slot holds this).
   struct cancel_handler {
+    cancel_handler(pool_state* s, request* q) noexcept : st(s), r(q) {}
     pool_state* st;
     request* r;
     void operator()(asio::cancellation_type type) const {
