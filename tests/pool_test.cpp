@@ -9,15 +9,21 @@
 #include <coropipe/scope.hpp>
 
 #include <coropipe/asio.hpp>
+#include COROPIPE_ASIO_INCLUDE(bind_executor.hpp)
+#include COROPIPE_ASIO_INCLUDE(strand.hpp)
 
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <functional>
+#include <memory>
 #include <numeric>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -431,4 +437,278 @@ TEST_CASE("large requests (beyond the copy threshold and the send buffer) are di
     CHECK(right == 20);
     co_await p.async_shutdown(use_awaitable);
   }());
+}
+
+namespace {
+
+// Counts what is allocated through it (a handler's associated allocator).
+struct allocation_counts {
+  int allocated = 0;
+  int freed = 0;
+};
+
+template <typename T>
+struct counting_allocator {
+  using value_type = T;
+  allocation_counts* counts;
+  explicit counting_allocator(allocation_counts* c) noexcept : counts(c) {}
+  template <typename U>
+  counting_allocator(const counting_allocator<U>& other) noexcept : counts(other.counts) {}
+  T* allocate(std::size_t n) {
+    ++counts->allocated;
+    return std::allocator<T>().allocate(n);
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    ++counts->freed;
+    std::allocator<T>().deallocate(p, n);
+  }
+  template <typename U>
+  bool operator==(const counting_allocator<U>& other) const noexcept {
+    return counts == other.counts;
+  }
+};
+
+// A completion handler with an associated allocator.
+struct allocating_handler {
+  using allocator_type = counting_allocator<void>;
+  allocator_type get_allocator() const noexcept { return allocator_type(counts); }
+  void operator()(coropipe::error_code ec, int r) const {
+    *got = ec;
+    *reply = r;
+  }
+  allocation_counts* counts;
+  coropipe::error_code* got;
+  int* reply;
+};
+
+// Sleeps until @p done or about 5 s.
+awaitable<void> wait_for(const std::function<bool()>& done) {
+  for (int i = 0; i < 500 && !done(); ++i) co_await sleep_for(10ms);
+}
+
+} // namespace
+
+TEST_CASE("a reply's handler runs on its associated executor: a strand, another io_context") {
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    int_pool p(io.get_executor(), forked_inc(), {.workers = 2});
+    // A strand of the pool's io_context.
+    auto strand = asio::make_strand(io);
+    int on_strand = 0, answered = 0;
+    for (int i = 0; i < 20; ++i) {
+      p.async_submit(i, asio::bind_executor(strand, [&, i](coropipe::error_code ec, int r) {
+                       on_strand += strand.running_in_this_thread() ? 1 : 0;
+                       answered += !ec && r == i + 1;
+                     }));
+    }
+    co_await wait_for([&] { return answered == 20; });
+    CHECK(answered == 20);
+    CHECK(on_strand == 20);
+    // Another io_context, run by another thread: the pending request keeps
+    // it busy (outstanding work) until its handler has run there.
+    asio::io_context other;
+    std::atomic<int> replies{0}, ran_there{0};
+    std::atomic<bool> closed_there{false};
+    p.async_submit(-50, asio::bind_executor(other, [&](coropipe::error_code ec, int r) {
+                     ran_there += other.get_executor().running_in_this_thread() ? 1 : 0;
+                     replies += !ec && r == -49;
+                   }));
+    std::thread runner([&] { other.run(); });
+    co_await wait_for([&] { return replies.load() == 1; });
+    runner.join();  // run() returned: the work ended with the handler
+    CHECK(replies.load() == 1);
+    CHECK(ran_there.load() == 1);
+    co_await p.async_shutdown(use_awaitable);
+    // An immediate error goes there too (posted, never called inline).
+    other.restart();
+    p.async_submit(1, asio::bind_executor(other, [&](coropipe::error_code ec, int) {
+                     closed_there = ec == coropipe::errc::pool_closed && other.get_executor().running_in_this_thread();
+                   }));
+    CHECK(closed_there.load() == false);
+    std::thread runner2([&] { other.run(); });
+    co_await wait_for([&] { return closed_there.load(); });
+    runner2.join();
+    CHECK(closed_there.load());
+  }());
+}
+
+TEST_CASE("async_submit with deferred, callback and allocator-carrying handlers; nothing completes inline") {
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    int_pool p(io.get_executor(), forked_inc(), {.workers = 1});
+    // Deferred: nothing happens before the operation is launched.
+    auto op = p.async_submit(5, coropipe::compat::deferred);
+    CHECK(p.queued() + p.in_flight() == 0);
+    auto [ec, r] = co_await std::move(op)(as_tuple);
+    CHECK(!ec);
+    CHECK(r == 6);
+    // A handler's associated allocator holds its request's record.
+    allocation_counts counts;
+    coropipe::error_code got = coropipe::errc::invalid_argument;
+    int reply = 0;
+    p.async_submit(10, allocating_handler{&counts, &got, &reply});
+    CHECK(counts.allocated == 1);
+    CHECK(counts.freed == 0);
+    co_await wait_for([&] { return reply == 11; });
+    CHECK(!got);
+    CHECK(reply == 11);
+    CHECK(counts.freed == counts.allocated);
+    co_await p.async_shutdown(use_awaitable);
+    // An immediate error is posted: the callback does not run inside async_submit().
+    bool called = false;
+    p.async_submit(1, [&](coropipe::error_code e, int) {
+      CHECK(e == coropipe::errc::pool_closed);
+      called = true;
+    });
+    CHECK(called == false);
+    co_await sleep_for(1ms);
+    CHECK(called);
+  }());
+}
+
+TEST_CASE("cancellation: a queued and a parked request leave the busy worker alone; terminal only") {
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    int_pool p(io.get_executor(), forked_inc(), {.workers = 1, .window = 1, .queue_limit = 1});
+    asio::cancellation_signal busy_cancel, queued_cancel, parked_cancel;
+    std::vector<std::string> order;
+    coropipe::error_code busy_ec, queued_ec, parked_ec;
+    p.async_submit(-100000, asio::bind_cancellation_slot(busy_cancel.slot(), [&](coropipe::error_code ec, int) {
+                     busy_ec = ec;
+                     order.push_back("busy");
+                   }));
+    p.async_submit(1, asio::bind_cancellation_slot(queued_cancel.slot(), [&](coropipe::error_code ec, int) {
+                     queued_ec = ec;
+                     order.push_back("queued");
+                   }));
+    p.async_submit(2, asio::bind_cancellation_slot(parked_cancel.slot(), [&](coropipe::error_code ec, int) {
+                     parked_ec = ec;
+                     order.push_back("parked");
+                   }));
+    co_await sleep_for(50ms);
+    CHECK(p.in_flight() == 1);
+    CHECK(p.queued() == 1);  // the third waits for room (backpressure)
+    // Partial and total cancellation are not supported: nothing happens.
+    parked_cancel.emit(asio::cancellation_type::partial);
+    co_await sleep_for(1ms);
+    CHECK(order.empty());
+    parked_cancel.emit(asio::cancellation_type::terminal);
+    CHECK(order.empty());  // posted, not called inside emit()
+    co_await sleep_for(1ms);
+    queued_cancel.emit(asio::cancellation_type::terminal);
+    co_await wait_for([&] { return order.size() == 2; });
+    CHECK(parked_ec == asio::error::operation_aborted);
+    CHECK(queued_ec == asio::error::operation_aborted);
+    CHECK(p.stats()[0].restarts == 0);  // the busy worker was not touched
+    CHECK(p.queued() == 0);
+    busy_cancel.emit(asio::cancellation_type::terminal);
+    co_await wait_for([&] { return order.size() == 3; });
+    REQUIRE(order.size() == 3);
+    CHECK(order == std::vector<std::string>{"parked", "queued", "busy"});
+    CHECK(busy_ec == asio::error::operation_aborted);
+    CHECK(co_await p.async_submit(3, use_awaitable) == 4);
+    CHECK(p.stats()[0].restarts == 1);
+    co_await p.async_shutdown(use_awaitable);
+  }());
+}
+
+TEST_CASE("cancellation from a coroutine: async_submit(use_awaitable) || a timer stops the busy worker") {
+  using namespace coropipe::compat::awaitable_operators;
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    int_pool p(io.get_executor(), forked_inc(), {.workers = 1});
+    auto first = co_await (p.async_submit(-100000, use_awaitable) || sleep_for(100ms));
+    CHECK(first.index() == 1);
+    CHECK(co_await p.async_submit(1, use_awaitable) == 2);
+    CHECK(p.stats()[0].restarts == 1);
+    auto second = co_await (p.async_submit(2, use_awaitable) || sleep_for(10s));
+    REQUIRE(second.index() == 0);
+    CHECK(std::get<0>(second) == 3);
+    co_await p.async_shutdown(use_awaitable);
+  }());
+}
+
+TEST_CASE("timeouts: one pool timer serves requests with different deadlines, queued or busy") {
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    int_pool p(io.get_executor(), forked_inc(), {.workers = 1, .window = 1});
+    std::vector<int> order;
+    int timed_out = 0;
+    auto submit = [&](int x, std::chrono::milliseconds timeout, int tag) {
+      p.async_submit(x, coropipe::submit_options{.timeout = timeout}, [&, tag](coropipe::error_code ec, int) {
+        timed_out += ec == std::errc::timed_out;
+        order.push_back(tag);
+      });
+    };
+    submit(-100000, 300ms, 3);  // busy: its worker is stopped at its deadline
+    submit(1000, 100ms, 1);     // queued behind it
+    submit(1001, 200ms, 2);
+    co_await wait_for([&] { return order.size() == 3; });
+    CHECK(order == std::vector<int>{1, 2, 3});
+    CHECK(timed_out == 3);
+    // A request answered in time is not touched by its deadline.
+    auto [ec, r] = co_await p.async_submit(7, coropipe::submit_options{.timeout = 5s}, as_tuple);
+    CHECK(!ec);
+    CHECK(r == 8);
+    co_await p.async_shutdown(use_awaitable);
+  }());
+}
+
+TEST_CASE("destroying a pool with operations outstanding completes each once with pool_closed") {
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    int closed = 0, other = 0;
+    allocation_counts counts;
+    coropipe::error_code alloc_ec;
+    int alloc_reply = 0;
+    auto strand = asio::make_strand(io);
+    coropipe::error_code awaited;
+    bool awaited_done = false;
+    asio::cancellation_signal cancel;  // outlives the operation
+    {
+      int_pool p(io.get_executor(), forked_inc(), {.workers = 1, .window = 2, .queue_limit = 2});
+      auto count = [&](coropipe::error_code ec, int) { (ec == coropipe::errc::pool_closed ? closed : other) += 1; };
+      p.async_submit(-100000, count);                                                // in flight
+      p.async_submit(-100000, coropipe::submit_options{.timeout = 10s}, count);      // in flight, timed
+      p.async_submit(1, asio::bind_cancellation_slot(cancel.slot(), count));        // queued
+      p.async_submit(2, asio::bind_executor(strand, count));                         // queued
+      p.async_submit(3, count);                                                      // parked
+      p.async_submit(4, allocating_handler{&counts, &alloc_ec, &alloc_reply});     // parked
+      asio::co_spawn(io, [&]() -> awaitable<void> {
+        auto [ec, r] = co_await p.async_submit(5, as_tuple);  // parked
+        awaited = ec;
+        awaited_done = true;
+      }, asio::detached);
+      co_await sleep_for(50ms);
+      CHECK(p.in_flight() == 2);
+      CHECK(p.queued() == 2);
+    }
+    CHECK(coropipe_test::has_children() == false);
+    co_await wait_for([&] { return closed + other == 5 && awaited_done && counts.freed == 1; });
+    CHECK(closed == 5);
+    CHECK(other == 0);
+    CHECK(alloc_ec == coropipe::errc::pool_closed);
+    CHECK(counts.allocated == 1);
+    CHECK(counts.freed == 1);
+    CHECK(awaited_done);
+    CHECK(awaited == coropipe::errc::pool_closed);
+  }());
+}
+
+TEST_CASE("a pool and its io_context destroyed with completions still pending leak nothing") {
+  int ran = 0;
+  {
+    asio::io_context io;
+    {
+      int_pool p(io.get_executor(), forked_inc(), {.workers = 1, .window = 1, .queue_limit = 1});
+      for (int i = 0; i < 4; ++i) p.async_submit(-100000, [&](coropipe::error_code, int) { ++ran; });
+      asio::co_spawn(io, [&]() -> awaitable<void> { (void)co_await p.async_submit(1, use_awaitable); ++ran; },
+                     asio::detached);
+      io.run_for(20ms);
+    }
+    // The io_context is destroyed without running the posted handlers: they
+    // are destroyed, with the coroutine's frame.
+  }
+  CHECK(ran == 0);
+  CHECK(coropipe_test::has_children() == false);
 }

@@ -47,8 +47,9 @@
 ///
 /// ### Cancellation and timeouts
 /// async_submit() supports per-operation cancellation (terminal), and
-/// submit_options::timeout (or pool_options::timeout). A request still queued
-/// is simply removed. A request that a worker is already busy with gets that
+/// submit_options::timeout (or pool_options::timeout), counted from the
+/// moment the request enters the queue. A request still queued, or waiting
+/// for room in the queue, is simply removed. A request that a worker is already busy with gets that
 /// worker stopped (SIGKILL: there is no other way to interrupt a process) and
 /// replaced, without counting against the restart budget; the request
 /// completes with `asio::error::operation_aborted`, or ETIMEDOUT
@@ -60,8 +61,16 @@
 /// Each worker has up to `window` requests in flight, so it never waits for
 /// the next one; the messages of many requests go out in one write (the
 /// framed_stream batches). A request goes to the least-loaded worker. At most
-/// `queue_limit` requests wait for a worker; async_submit() then waits for
-/// room (backpressure, bounded memory).
+/// `queue_limit` requests wait for a worker; further ones wait for room, first
+/// come first served (backpressure, bounded memory).
+///
+/// async_submit() is an Asio asynchronous operation of its own (no coroutine
+/// frame, no timer unless the request has a timeout: one timer per pool
+/// serves every deadline). A request's record (its encoded bytes, inline up to
+/// 64 bytes, and the completion handler) comes from the handler's associated
+/// allocator or, for a handler without one, from a free list kept by the
+/// pool: in steady state a request allocates nothing beyond what its codec
+/// needs.
 ///
 /// ### Lifetime
 /// async_shutdown() stops taking requests (new ones fail with
@@ -344,14 +353,9 @@ int serve_stdio(Fn fn, std::function<void()> init = {}) {
 
 namespace detail {
 
-template <typename Reply>
-struct pool_request {
-  std::optional<Reply> reply;
-  error_code ec;
-  request_info info;
-  asio::steady_timer* wake = nullptr;
-  bool done = false;
-  // The encoded request, kept for retries: inline when small (no allocation).
+// A request's encoded bytes, kept for retries: inline when small (no
+// allocation).
+struct encoded_request {
   std::array<std::byte, 64> small{};
   std::size_t size = 0;
   std::vector<std::byte> large;
@@ -365,6 +369,184 @@ struct pool_request {
     return size <= small.size() ? asio::const_buffer(small.data(), size) : asio::buffer(large);
   }
 };
+
+// Blocks for the records of pending requests whose handlers have no
+// allocator of their own, kept for reuse: in steady state a request costs no
+// allocation, however many are in flight. Owned by the pool's state; a record
+// goes back here before its handler runs.
+class request_blocks {
+public:
+  request_blocks() = default;
+  request_blocks(const request_blocks&) = delete;
+  request_blocks& operator=(const request_blocks&) = delete;
+  ~request_blocks() {
+    for (const auto& b : free_) ::operator delete(b.first);
+  }
+
+  // A block of at least @p size bytes; its capacity in @p capacity.
+  void* take(std::size_t size, std::size_t& capacity) {
+    while (!free_.empty()) {
+      auto [p, cap] = free_.back();
+      free_.pop_back();
+      if (cap >= size) {
+        capacity = cap;
+        return p;
+      }
+      ::operator delete(p);  // from a larger handler type's era: too small
+    }
+    capacity = (size + 63) / 64 * 64;
+    return ::operator new(capacity);
+  }
+
+  void give(void* p, std::size_t capacity) noexcept {
+    if (free_.size() < max_kept) {
+      try {
+        free_.emplace_back(p, capacity);
+        return;
+      } catch (...) {
+      }
+    }
+    ::operator delete(p);
+  }
+
+private:
+  static constexpr std::size_t max_kept = 4096;
+  std::vector<std::pair<void*, std::size_t>> free_;
+};
+
+// The record of a pending request (the part that does not depend on the
+// completion handler's type; see submit_op).
+template <typename Reply>
+struct pool_request {
+  // Completes the request: moves the handler out, frees the record (into
+  // @p blocks when it came from there), then hands the handler to its
+  // executor: asio::dispatch when @p direct (a reply, on the pool's
+  // executor), asio::post otherwise.
+  using complete_fn = void (*)(pool_request&, request_blocks&, const asio::any_io_executor&, error_code, Reply*,
+                               bool direct);
+  static constexpr std::size_t not_timed = static_cast<std::size_t>(-1);
+
+  explicit pool_request(complete_fn fn) noexcept : on_complete(fn) {}
+  pool_request(const pool_request&) = delete;
+  pool_request& operator=(const pool_request&) = delete;
+
+  [[nodiscard]] asio::const_buffer payload() const noexcept { return bytes.payload(); }
+
+  complete_fn on_complete;
+  request_info info;
+  request_info* info_out = nullptr;
+  encoded_request bytes;
+  std::chrono::steady_clock::duration timeout{};  // zero: none
+  std::chrono::steady_clock::time_point deadline{};
+  std::size_t heap_index = not_timed;  // in the pool's deadline heap
+  std::size_t block = 0;  // capacity of its request_blocks block; 0: the handler's allocator
+};
+
+// What is posted or dispatched when a request completes: the handler and its
+// arguments, with the handler's executor and allocator.
+template <typename Handler, typename Reply>
+struct submit_completion {
+  using executor_type = asio::associated_executor_t<Handler, asio::any_io_executor>;
+  using allocator_type = asio::associated_allocator_t<Handler>;
+
+  [[nodiscard]] executor_type get_executor() const noexcept { return ex; }
+  [[nodiscard]] allocator_type get_allocator() const noexcept { return asio::get_associated_allocator(handler); }
+  void operator()() { std::move(handler)(ec, std::move(reply)); }
+
+  Handler handler;
+  executor_type ex;
+  error_code ec;
+  Reply reply;
+};
+
+// A pending async_submit(): the record and the completion handler (type
+// erased behind pool_request::on_complete). Allocated with the handler's
+// associated allocator, or from the pool's request_blocks when it has none.
+template <typename Reply, typename Handler>
+struct submit_op final : pool_request<Reply> {
+  using executor_type = asio::associated_executor_t<Handler, asio::any_io_executor>;
+  using slot_type = asio::associated_cancellation_slot_t<Handler>;
+  using handler_allocator = asio::associated_allocator_t<Handler>;
+  using allocator_type = typename std::allocator_traits<handler_allocator>::template rebind_alloc<submit_op>;
+  // Records of handlers without an allocator come from request_blocks.
+  static constexpr bool own_blocks = std::is_same_v<handler_allocator, std::allocator<void>> &&
+                                     __STDCPP_DEFAULT_NEW_ALIGNMENT__ >= alignof(submit_op);
+
+  submit_op(Handler&& h, const asio::any_io_executor& io_ex)
+      : pool_request<Reply>(&do_complete), handler(std::move(h)), slot(asio::get_associated_cancellation_slot(handler)) {
+    // The handler's executor has work while the request is pending (the
+    // pool's own executor has the pool's pending reads).
+    auto ex = asio::get_associated_executor(handler, io_ex);
+    if constexpr (std::is_same_v<executor_type, asio::any_io_executor>) {
+      if (ex != io_ex) work.emplace(std::move(ex));
+    } else {
+      work.emplace(std::move(ex));
+    }
+  }
+
+  static submit_op* create(Handler&& h, const asio::any_io_executor& io_ex, request_blocks& blocks) {
+    if constexpr (own_blocks) {
+      std::size_t capacity = 0;
+      void* mem = blocks.take(sizeof(submit_op), capacity);
+      try {
+        auto* op = ::new (mem) submit_op(std::move(h), io_ex);
+        op->block = capacity;
+        return op;
+      } catch (...) {
+        blocks.give(mem, capacity);
+        throw;
+      }
+    } else {
+      allocator_type alloc(asio::get_associated_allocator(h));
+      submit_op* mem = std::allocator_traits<allocator_type>::allocate(alloc, 1);
+      try {
+        return ::new (static_cast<void*>(mem)) submit_op(std::move(h), io_ex);
+      } catch (...) {
+        std::allocator_traits<allocator_type>::deallocate(alloc, mem, 1);
+        throw;
+      }
+    }
+  }
+
+  static void do_complete(pool_request<Reply>& base, request_blocks& blocks, const asio::any_io_executor& io_ex,
+                          error_code ec, Reply* value, bool direct) {
+    auto* self = static_cast<submit_op*>(&base);
+    if (self->slot.is_connected()) self->slot.clear();
+    if (base.info_out) *base.info_out = base.info;
+    auto hex = asio::get_associated_executor(self->handler, io_ex);
+    submit_completion<Handler, Reply> c{std::move(self->handler), hex, ec, value ? std::move(*value) : Reply()};
+    auto work = std::move(self->work);
+    // The record is freed before the handler runs (it may submit again).
+    if constexpr (own_blocks) {
+      const std::size_t capacity = self->block;
+      self->~submit_op();
+      blocks.give(self, capacity);
+    } else {
+      allocator_type alloc(asio::get_associated_allocator(c.handler));
+      self->~submit_op();
+      std::allocator_traits<allocator_type>::deallocate(alloc, self, 1);
+    }
+    if (!direct) {
+      asio::post(io_ex, std::move(c));
+      return;
+    }
+    // A reply arrives on the pool's executor: a handler of that executor is
+    // called here, like the handler of an Asio operation; one of another
+    // executor is dispatched to it.
+    if constexpr (std::is_same_v<executor_type, asio::any_io_executor>) {
+      if (hex == io_ex) {
+        std::move(c)();
+        return;
+      }
+    }
+    asio::dispatch(io_ex, std::move(c));
+  }
+
+  Handler handler;
+  slot_type slot;
+  std::optional<asio::executor_work_guard<executor_type>> work;
+};
+
 
 // The parts of a pool that do not depend on its types.
 std::size_t default_worker_count() noexcept;
@@ -388,11 +570,10 @@ public:
   };
 
   pool_state(asio::any_io_executor ex, pool_workers<Request, Reply> kind, pool_options opts)
-      : ex_(std::move(ex)), kind_(std::move(kind)), opts_(opts), room_(ex_), idle_(ex_), backoff_(ex_) {
+      : ex_(std::move(ex)), kind_(std::move(kind)), opts_(opts), idle_(ex_), backoff_(ex_) {
     if (opts_.workers == 0) opts_.workers = default_worker_count();
     if (opts_.window == 0) opts_.window = 1;
     if (opts_.queue_limit == 0) opts_.queue_limit = 1;
-    room_.expires_at(std::chrono::steady_clock::time_point::max());
     idle_.expires_at(std::chrono::steady_clock::time_point::max());
     workers_.resize(opts_.workers);
     stats_.resize(opts_.workers);
@@ -410,44 +591,41 @@ public:
 
   // --- submitting ---------------------------------------------------------
 
-  asio::awaitable<std::tuple<error_code, Reply>> submit(Request value, submit_options so) {
-    co_await asio::this_coro::throw_if_cancelled(false);
-    asio::steady_timer wake(ex_);
-    request r;
-    r.wake = &wake;
+  // Encodes @p value (through a reused buffer: no allocation for a small one).
+  encoded_request encode(const Request& value) {
+    encoded_request e;
     scratch_.clear();
     codec<Request>::encode(value, scratch_);
-    r.store(scratch_);
-    // Backpressure: wait for room in the queue.
-    while (!closed_ && !broken_ && queue_.size() >= opts_.queue_limit) {
-      (void)co_await room_.async_wait(compat::as_tuple(asio::use_awaitable));
-      const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
-      if (cs.cancelled() != asio::cancellation_type::none) co_return finish(r, so, asio::error::operation_aborted);
-    }
-    if (broken_) co_return finish(r, so, errc::pool_restart_budget_exhausted);
-    if (closed_) co_return finish(r, so, errc::pool_closed);
-    queue_.push_back(&r);
-    dispatch();
-    const auto timeout = so.timeout != std::chrono::steady_clock::duration::zero() ? so.timeout : opts_.timeout;
-    if (timeout != std::chrono::steady_clock::duration::zero()) wake.expires_after(timeout);
-    else wake.expires_at(std::chrono::steady_clock::time_point::max());
-    while (!r.done) {
-      auto [ec] = co_await wake.async_wait(compat::as_tuple(asio::use_awaitable));
-      if (r.done) break;
-      const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
-      if (cs.cancelled() != asio::cancellation_type::none) {
-        abandon(r, asio::error::operation_aborted);
-      } else if (!ec) {
-        abandon(r, errno_code(ETIMEDOUT));
-      }
-    }
-    co_return finish(r, so, r.ec);
+    e.store(scratch_);
+    return e;
   }
 
-  std::tuple<error_code, Reply> finish(request& r, const submit_options& so, error_code ec) {
-    if (so.info) *so.info = r.info;
-    if (ec || !r.reply) return {ec ? ec : error_code(errc::worker_died), Reply()};
-    return {ec, std::move(*r.reply)};
+  // async_submit()'s initiation: never completes inline (an immediate error
+  // is posted); a full queue parks the request until there is room.
+  template <typename Handler>
+  void start_submit(Handler handler, encoded_request bytes, const submit_options& so) {
+    using op_type = submit_op<Reply, Handler>;
+    error_code ec;
+    if (broken_) ec = errc::pool_restart_budget_exhausted;
+    else if (closed_) ec = errc::pool_closed;
+    if (ec) {
+      if (so.info) *so.info = request_info{};
+      auto hex = asio::get_associated_executor(handler, ex_);
+      asio::post(ex_, submit_completion<Handler, Reply>{std::move(handler), std::move(hex), ec, Reply()});
+      return;
+    }
+    op_type* op = op_type::create(std::move(handler), ex_, blocks_);
+    request& r = *op;
+    r.bytes = std::move(bytes);
+    r.info_out = so.info;
+    r.timeout = so.timeout != std::chrono::steady_clock::duration::zero() ? so.timeout : opts_.timeout;
+    if (op->slot.is_connected()) op->slot.template emplace<cancel_handler>(this, &r);
+    if (parked_.empty() && queue_.size() < opts_.queue_limit) {
+      admit(r);
+      dispatch();
+    } else {
+      parked_.push_back(&r);  // backpressure
+    }
   }
 
   // --- shutdown -----------------------------------------------------------
@@ -455,7 +633,7 @@ public:
   asio::awaitable<std::tuple<error_code, int>> shutdown(shutdown_mode mode) {
     co_await asio::this_coro::throw_if_cancelled(false);
     closed_ = true;
-    room_.cancel();
+    fail_parked(errc::pool_closed);
     if (mode == shutdown_mode::immediate) {
       fail_all(errc::pool_closed);
       stopping_ = true;
@@ -477,6 +655,7 @@ public:
     while (running_ != 0) {
       (void)co_await idle_.async_wait(compat::as_tuple(asio::use_awaitable));
     }
+    deadline_.cancel();
     co_return std::tuple{error_code(), 0};
   }
 
@@ -484,8 +663,8 @@ public:
   void destroy() noexcept {
     closed_ = true;
     stopping_ = true;
-    room_.cancel();
     backoff_.cancel();
+    deadline_.cancel();
     fail_all(errc::pool_closed);
     for (auto& w : workers_) {
       if (!w) continue;
@@ -527,7 +706,7 @@ private:
         continue;
       }
       queue_.pop_front();
-      room_.cancel();
+      make_room();
       ++r->info.attempts;
       r->info.worker_pid = best->proc.pid();
       best->inflight.push_back(r);
@@ -535,13 +714,27 @@ private:
     }
   }
 
+  // Fails @p r with @p ec: its handler is posted.
   void complete(request& r, error_code ec) {
-    r.ec = ec;
-    r.done = true;
-    r.wake->cancel();
+    if (r.heap_index != request::not_timed) untime(r);
+    r.on_complete(r, blocks_, ex_, ec, nullptr, false);
+  }
+
+  // Answers @p r with @p value (on the pool's executor: its handler is
+  // called here when it runs there too, else dispatched to its executor).
+  void deliver(request& r, Reply&& value) {
+    if (r.heap_index != request::not_timed) untime(r);
+    try {
+      r.on_complete(r, blocks_, ex_, {}, &value, true);
+    } catch (...) {
+      // An exception from the handler leaves the io_context's run(), as
+      // from any handler, instead of ending this worker's coroutine.
+      asio::post(ex_, [e = std::current_exception()] { std::rethrow_exception(e); });
+    }
   }
 
   void fail_all(error_code ec) {
+    fail_parked(ec);
     while (!queue_.empty()) {
       request* r = queue_.front();
       queue_.pop_front();
@@ -554,16 +747,64 @@ private:
         r = nullptr;
       }
     }
-    room_.cancel();
     idle_.cancel();
   }
 
-  // A waiting request gives up (cancelled or timed out).
+  // Requests waiting for room in the queue.
+  void fail_parked(error_code ec) {
+    while (!parked_.empty()) {
+      request* r = parked_.front();
+      parked_.pop_front();
+      complete(*r, ec);
+    }
+  }
+
+  // The queue has shrunk: parked requests move in.
+  void make_room() {
+    while (!parked_.empty() && queue_.size() < opts_.queue_limit) {
+      request* r = parked_.front();
+      parked_.pop_front();
+      admit(*r);
+    }
+  }
+
+  // Into the queue; its timeout starts now.
+  void admit(request& r) {
+    queue_.push_back(&r);
+    if (r.timeout != std::chrono::steady_clock::duration::zero()) {
+      r.deadline = std::chrono::steady_clock::now() + r.timeout;
+      time(r);
+    }
+  }
+
+  // Per-operation cancellation of a pending request (its handler's
+  // cancellation slot holds this).
+  struct cancel_handler {
+    cancel_handler(pool_state* s, request* q) noexcept : st(s), r(q) {}
+    pool_state* st;
+    request* r;
+    void operator()(asio::cancellation_type type) const {
+      if ((type & asio::cancellation_type::terminal) == asio::cancellation_type::none) return;
+      // abandon() clears the slot, which destroys this object: nothing of it
+      // is read after the call.
+      pool_state* s = st;
+      request* q = r;
+      s->abandon(*q, asio::error::operation_aborted);
+    }
+  };
+
+  // A pending request gives up (cancelled or timed out).
   void abandon(request& r, error_code ec) {
+    if (auto it = std::find(parked_.begin(), parked_.end(), &r); it != parked_.end()) {
+      parked_.erase(it);
+      complete(r, ec);
+      return;
+    }
     if (auto it = std::find(queue_.begin(), queue_.end(), &r); it != queue_.end()) {
       queue_.erase(it);
-      room_.cancel();
       complete(r, ec);
+      make_room();
+      dispatch();
       return;
     }
     for (auto& w : workers_) {
@@ -585,6 +826,70 @@ private:
       return;
     }
     complete(r, ec);
+  }
+
+  // --- timeouts: one timer for the pool, at the earliest deadline ----------
+
+  void time(request& r) {
+    r.heap_index = timed_.size();
+    timed_.push_back(&r);
+    sift_up(r.heap_index);
+    if (!deadline_armed_ || r.deadline < armed_at_) arm_deadline();
+  }
+
+  void untime(request& r) {
+    const std::size_t i = r.heap_index;
+    r.heap_index = request::not_timed;
+    request* last = timed_.back();
+    timed_.pop_back();
+    if (i < timed_.size()) {
+      timed_[i] = last;
+      last->heap_index = i;
+      sift_up(i);
+      sift_down(last->heap_index);
+    }
+  }
+
+  void arm_deadline() {
+    deadline_armed_ = true;
+    armed_at_ = timed_.front()->deadline;
+    deadline_.expires_at(armed_at_);  // a wait already pending ends with operation_aborted
+    deadline_.async_wait([self = this->shared_from_this()](error_code ec) {
+      if (ec != asio::error::operation_aborted) self->on_deadline();
+    });
+  }
+
+  void on_deadline() {
+    deadline_armed_ = false;
+    const auto now = std::chrono::steady_clock::now();
+    while (!timed_.empty() && timed_.front()->deadline <= now) abandon(*timed_.front(), errno_code(ETIMEDOUT));
+    if (!timed_.empty() && !stopping_) arm_deadline();
+  }
+
+  void sift_up(std::size_t i) {
+    while (i > 0) {
+      const std::size_t parent = (i - 1) / 2;
+      if (!(timed_[i]->deadline < timed_[parent]->deadline)) break;
+      swap_timed(i, parent);
+      i = parent;
+    }
+  }
+
+  void sift_down(std::size_t i) {
+    for (;;) {
+      std::size_t least = i;
+      for (std::size_t c = 2 * i + 1; c <= 2 * i + 2 && c < timed_.size(); ++c)
+        if (timed_[c]->deadline < timed_[least]->deadline) least = c;
+      if (least == i) return;
+      swap_timed(i, least);
+      i = least;
+    }
+  }
+
+  void swap_timed(std::size_t a, std::size_t b) {
+    std::swap(timed_[a], timed_[b]);
+    timed_[a]->heap_index = a;
+    timed_[b]->heap_index = b;
   }
 
   void requeue_front(worker& w, bool retry) {
@@ -679,7 +984,7 @@ private:
       queue_.pop_front();
       complete(*r, errc::pool_restart_budget_exhausted);
     }
-    room_.cancel();
+    fail_parked(errc::pool_restart_budget_exhausted);
     idle_.cancel();
   }
 
@@ -730,10 +1035,7 @@ private:
         ++stats_[index].served;
         served_any = true;
         w->blocked = false;
-        if (r) {
-          r->reply.emplace(std::move(value));
-          complete(*r, {});
-        }
+        if (r) deliver(*r, std::move(value));
         if (opts_.max_requests_per_worker != 0 && w->sent >= opts_.max_requests_per_worker &&
             w->inflight.empty()) {
           end_input(*w);  // retired: it exits on end of input
@@ -788,7 +1090,6 @@ private:
   asio::any_io_executor ex_;
   pool_workers<Request, Reply> kind_;
   pool_options opts_;
-  asio::steady_timer room_;     // backpressure: cancelled when the queue shrinks
   asio::steady_timer idle_;     // cancelled when requests or workers finish
   asio::steady_timer backoff_;  // restart delays (one timer: cancel() ends them all)
   std::deque<request*> queue_;
@@ -796,6 +1097,12 @@ private:
   std::vector<worker_stats> stats_;
   std::deque<std::chrono::steady_clock::time_point> restarts_;
   std::vector<std::byte> scratch_;  // encoding, reused
+  request_blocks blocks_;           // records of pending requests, reused
+  std::deque<request*> parked_;     // waiting for room in queue_ (backpressure)
+  std::vector<request*> timed_;     // requests with a deadline: a min-heap
+  asio::steady_timer deadline_{ex_};  // at the earliest deadline while deadline_armed_
+  std::chrono::steady_clock::time_point armed_at_{};
+  bool deadline_armed_ = false;
   std::size_t running_ = 0;  // worker positions' coroutines
   bool closed_ = false;
   bool stopping_ = false;
@@ -840,16 +1147,17 @@ public:
   /// `errc::pool_closed`, `errc::pool_restart_budget_exhausted`. Supports
   /// per-operation cancellation (terminal). @p request is encoded before
   /// this returns.
+  ///
+  /// The handler runs on its associated executor (by default the pool's),
+  /// never inside async_submit() (an immediate error is posted): when a reply
+  /// arrives it is called at once if that executor is the pool's, and
+  /// dispatched to its own otherwise (a strand, another io_context), which
+  /// has outstanding work while the request is pending.
   template <typename SubmitToken = asio::default_completion_token_t<executor_type>>
   auto async_submit(const Request& request, submit_options so,
                     SubmitToken&& token = asio::default_completion_token_t<executor_type>()) {
-    if constexpr (detail::is_as_tuple_use_awaitable<SubmitToken>) {
-      return st_->submit(request, so);
-    } else if constexpr (detail::is_use_awaitable<SubmitToken>) {
-      return submit_throwing(st_, request, so);
-    } else {
-      return detail::async_run<Reply>(st_->executor(), st_->submit(request, so), std::forward<SubmitToken>(token));
-    }
+    return asio::async_initiate<SubmitToken, void(error_code, Reply)>(submit_initiation{st_}, token,
+                                                                      st_->encode(request), so);
   }
 
   /// async_submit() with default submit_options.
@@ -896,12 +1204,13 @@ public:
   [[nodiscard]] error_code last_start_error() const noexcept { return st_->last_start_error(); }
 
 private:
-  static asio::awaitable<Reply> submit_throwing(std::shared_ptr<detail::pool_state<Request, Reply>> st,
-                                                Request request, submit_options so) {
-    auto [ec, reply] = co_await st->submit(std::move(request), so);
-    if (ec) throw system_error(ec, "coropipe::pool::async_submit");
-    co_return std::move(reply);
-  }
+  struct submit_initiation {
+    std::shared_ptr<detail::pool_state<Request, Reply>> st;
+    template <typename Handler>
+    void operator()(Handler&& handler, detail::encoded_request bytes, submit_options so) const {
+      st->start_submit(std::forward<Handler>(handler), std::move(bytes), so);
+    }
+  };
 
   std::shared_ptr<detail::pool_state<Request, Reply>> st_;
 };
