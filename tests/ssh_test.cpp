@@ -1,0 +1,239 @@
+// SPDX-License-Identifier: BSL-1.0
+// Pool workers on another host through ssh, against a real OpenSSH server:
+// a private sshd started by each test case (tests/ssh_fixture.hpp) on
+// 127.0.0.1. Where it cannot start, each test says so on stdout
+// ("SKIPPED: ssh: <reason>", counted by .ci/run) and passes.
+#include <coropipe/pool.hpp>
+
+#include <doctest/doctest.h>
+
+#include "ssh_fixture.hpp"
+#include "support.hpp"
+
+#include <coropipe/error.hpp>
+#include <coropipe/exit_status.hpp>
+
+#include <coropipe/asio.hpp>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+using namespace std::chrono_literals;
+using asio::awaitable;
+using asio::use_awaitable;
+using coropipe_test::run;
+using coropipe_test::ssh_server;
+using int_pool = coropipe::pool<int, int>;
+using int_workers = coropipe::pool_workers<int, int>;
+
+namespace {
+
+constexpr auto as_tuple = coropipe::compat::as_tuple(use_awaitable);
+const std::string worker_program = COROPIPE_POOL_WORKER;
+const std::string helper_program = COROPIPE_SSH_POOL_HELPER;
+
+// A test that cannot have its server says so, loudly, and passes.
+bool skipped(const ssh_server& server) {
+  if (server.available()) return false;
+  std::printf("SKIPPED: ssh: %s\n", server.reason().c_str());
+  std::fflush(stdout);
+  MESSAGE("SKIPPED: ssh: " << server.reason());
+  return true;
+}
+
+#define SSH_SERVER_OR_SKIP(server) \
+  ssh_server server;               \
+  if (skipped(server)) return
+
+coropipe::exit_status status_of(const coropipe_test::program_result& r) {
+  return coropipe::exit_status::from_wait_status(r.wait_status);
+}
+
+// Submits @p n requests at once; each must be answered x + 1.
+awaitable<void> submit_many(int_pool& p, int n) {
+  auto ex = co_await asio::this_coro::executor;
+  int done = 0;
+  int wrong = 0;
+  asio::steady_timer all(ex, std::chrono::steady_clock::time_point::max());
+  for (int i = 0; i < n; ++i) {
+    p.async_submit(i, [&, i](coropipe::error_code ec, int r) {
+      if (ec || r != i + 1) ++wrong;
+      if (++done == n) all.cancel();
+    });
+  }
+  while (done < n) (void)co_await all.async_wait(as_tuple);
+  CHECK(wrong == 0);
+}
+
+awaitable<void> sleep_for(std::chrono::steady_clock::duration d) {
+  asio::steady_timer t(co_await asio::this_coro::executor, d);
+  co_await t.async_wait(use_awaitable);
+}
+
+// Waits (running @p io's other work) until @p pred holds or @p timeout passes.
+template <typename Pred>
+awaitable<bool> eventually(Pred pred, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) co_return false;
+    co_await sleep_for(20ms);
+  }
+  co_return true;
+}
+
+// Reaps the children that a killed helper left to this subreaper (its ssh
+// clients, killed by their parent-death signal).
+void reap_orphans(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (coropipe_test::has_children() && std::chrono::steady_clock::now() < deadline) {
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+    ::usleep(10000);
+  }
+}
+
+} // namespace
+
+TEST_CASE("the private sshd runs commands through its own config; its sessions are visible") {
+  SSH_SERVER_OR_SKIP(server);
+  auto r = coropipe_test::run_program(
+      server.ssh_argv(ssh_server::host, {"echo", "hello from", "$((6 * 7))"}));
+  CHECK(status_of(r).success());
+  CHECK(r.out == "hello from 42\n");
+  CHECK(r.err.empty());
+  // A remote process shows under sshd.
+  auto p = coropipe_test::start_program(server.ssh_argv(ssh_server::host, {"sleep", "30"}));
+  std::vector<coropipe_test::remote_process> sleeping;
+  for (int i = 0; i < 1000 && sleeping.empty(); ++i) {
+    sleeping = server.processes_running("sleep 30");
+    ::usleep(10000);
+  }
+  CHECK(sleeping.size() == 1);
+  ::kill(p.pid, SIGKILL);
+  CHECK_NOTHROW(coropipe_test::finish_program(p, 10s));
+  // The banner host prints its banner first.
+  r = coropipe_test::run_program(server.ssh_argv(ssh_server::banner_host, {"echo", "ok"}));
+  CHECK(r.out == std::string(ssh_server::banner) + "\nok\n");
+}
+
+TEST_CASE("spawned workers through an ssh prefix answer; shutdown leaves nothing on the far side") {
+  SSH_SERVER_OR_SKIP(server);
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    int_pool p(io.get_executor(), int_workers::spawned(server.ssh_argv(ssh_server::host, {worker_program, "inc"})),
+               {.workers = 2});
+    CHECK(co_await p.async_submit(41, use_awaitable) == 42);
+    co_await submit_many(p, 500);
+    CHECK(server.processes_running(worker_program).size() == 2);
+    co_await p.async_shutdown(use_awaitable);
+    CHECK(coropipe_test::children_of(::getpid()).size() == 1);  // the server's, only
+  }());
+  const auto left = server.wait_until_none_running(worker_program, 5s);
+  CHECK_MESSAGE(left.empty(), "still running: " << ssh_server::describe(left));
+}
+
+TEST_CASE("a remote worker killed on the far side is replaced") {
+  SSH_SERVER_OR_SKIP(server);
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    int_pool p(io.get_executor(), int_workers::spawned(server.ssh_argv(ssh_server::host, {worker_program, "inc"})),
+               {.workers = 1, .max_retries = 2});
+    CHECK(co_await p.async_submit(1, use_awaitable) == 2);
+    auto remote = server.processes_running(worker_program);
+    REQUIRE(remote.size() == 1);
+    const pid_t ssh_pid = p.stats()[0].pid;
+    // Killed while it works on a request: the request is sent again.
+    coropipe::request_info info;
+    bool answered = false;
+    int reply = 0;
+    p.async_submit(-3000, {.info = &info}, [&](coropipe::error_code ec, int r) {
+      CHECK_FALSE(ec);
+      reply = r;
+      answered = true;
+    });
+    co_await sleep_for(300ms);
+    ::kill(remote[0].pid, SIGKILL);
+    CHECK(co_await eventually([&] { return answered; }, 30000ms));
+    CHECK(reply == -2999);
+    CHECK(info.attempts == 2);
+    CHECK(p.stats()[0].restarts == 1);
+    CHECK(p.stats()[0].pid != ssh_pid);
+    co_await submit_many(p, 100);
+    co_await p.async_shutdown(use_awaitable);
+  }());
+  CHECK(server.wait_until_none_running(worker_program, 5s).empty());
+}
+
+TEST_CASE("killing the local ssh client is detected; the busy remote worker ends") {
+  SSH_SERVER_OR_SKIP(server);
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    // The worker computes (busy CPU, not reading its input) for a minute.
+    int_pool p(io.get_executor(), int_workers::spawned(server.ssh_argv(ssh_server::host, {helper_program, "--serve"})),
+               {.workers = 1});
+    CHECK(co_await p.async_submit(1, use_awaitable) == 1);
+    auto remote = server.processes_running(helper_program);
+    REQUIRE(remote.size() == 1);
+    coropipe::request_info info;
+    bool answered = false;
+    coropipe::error_code result;
+    p.async_submit(60000, {.info = &info}, [&](coropipe::error_code ec, int) {
+      result = ec;
+      answered = true;
+    });
+    co_await sleep_for(300ms);
+    const pid_t client = p.stats()[0].pid;
+    REQUIRE(client > 0);
+    ::kill(client, SIGKILL);
+    CHECK(co_await eventually([&] { return answered; }, 10000ms));
+    CHECK(result == coropipe::errc::worker_died);
+    REQUIRE(info.worker_status.has_value());
+    CHECK(info.worker_status->term_signal() == SIGKILL);
+    // The far side: the computing worker is gone within a few seconds.
+    const auto t0 = std::chrono::steady_clock::now();
+    bool gone = false;
+    while (!gone && std::chrono::steady_clock::now() - t0 < 5s) {
+      gone = coropipe_test::process_state(remote[0].pid) == 0 ||
+             coropipe_test::process_state(remote[0].pid) == 'Z';
+      if (!gone) co_await sleep_for(20ms);
+    }
+    CHECK_MESSAGE(gone, "remote worker " << remote[0].pid << " still runs");
+    // And the pool has a new worker.
+    CHECK(co_await p.async_submit(5, use_awaitable) == 5);
+    co_await p.async_shutdown(use_awaitable);
+  }());
+  CHECK(server.wait_until_none_running(helper_program, 5s).empty());
+}
+
+TEST_CASE("SIGKILL of the pool's process leaves no remote worker running, even mid-computation") {
+  SSH_SERVER_OR_SKIP(server);
+  std::vector<std::string> argv{helper_program, "--pool", "2", "600000"};
+  for (auto& a : server.ssh_argv(ssh_server::host)) argv.push_back(a);
+  auto p = coropipe_test::start_program(argv);
+  // Both remote workers computing (their requests are sent once they run).
+  std::vector<coropipe_test::remote_process> remote;
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t0 < 30s) {
+    remote = server.processes_running(helper_program + " --serve");
+    if (remote.size() == 2) break;
+    ::usleep(20000);
+  }
+  REQUIRE(remote.size() == 2);
+  ::usleep(500000);  // their requests have arrived: they compute
+  ::kill(p.pid, SIGKILL);
+  const auto killed = std::chrono::steady_clock::now();
+  const auto r = coropipe_test::finish_program(p, 10s);
+  CHECK(r.out == "submitted 2\n");
+  const auto left = server.wait_until_none_running(helper_program, 10s);
+  const auto took = std::chrono::steady_clock::now() - killed;
+  CHECK_MESSAGE(left.empty(), "still running: " << ssh_server::describe(left));
+  CHECK(took < 5s);  // within a few seconds (the helper's ssh clients die with it)
+  MESSAGE("remote workers gone "
+          << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms after the SIGKILL");
+  reap_orphans(5s);
+}
