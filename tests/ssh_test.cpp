@@ -99,7 +99,7 @@ void reap_orphans(std::chrono::milliseconds timeout) {
 
 } // namespace
 
-TEST_CASE("the private sshd runs commands through its own config; its sessions are visible") {
+TEST_CASE("the private sshd runs commands through its own config, its sessions are visible") {
   SSH_SERVER_OR_SKIP(server);
   auto r = coropipe_test::run_program(
       server.ssh_argv(ssh_server::host, {"echo", "hello from", "$((6 * 7))"}));
@@ -121,7 +121,7 @@ TEST_CASE("the private sshd runs commands through its own config; its sessions a
   CHECK(r.out == std::string(ssh_server::banner) + "\nok\n");
 }
 
-TEST_CASE("spawned workers through an ssh prefix answer; shutdown leaves nothing on the far side") {
+TEST_CASE("spawned workers through an ssh prefix answer, shutdown leaves nothing on the far side") {
   SSH_SERVER_OR_SKIP(server);
   asio::io_context io;
   run(io, [&]() -> awaitable<void> {
@@ -169,7 +169,7 @@ TEST_CASE("a remote worker killed on the far side is replaced") {
   CHECK(server.wait_until_none_running(worker_program, 5s).empty());
 }
 
-TEST_CASE("killing the local ssh client is detected; the busy remote worker ends") {
+TEST_CASE("killing the local ssh client is detected and the busy remote worker ends") {
   SSH_SERVER_OR_SKIP(server);
   asio::io_context io;
   run(io, [&]() -> awaitable<void> {
