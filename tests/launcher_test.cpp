@@ -291,10 +291,15 @@ TEST_CASE("command_launcher: the worker runs through a stand-in for srun/kubectl
     const std::string args = co_await output_of(args_argv);
     CHECK(args == child_helper + "\nprint-args\na b\n$x\n");
     // A pool of workers launched through it gets its replies.
-    int_pool p(io.get_executor(), int_workers::spawned(l.command({worker_program, "inc"})), {.workers = 3});
+    int_pool p(io.get_executor(), {{.workers = int_workers::launched(l, {worker_program, "inc"}), .count = 3}});
     std::vector<int> got(200);
     for (int i = 0; i < 200; ++i) got[static_cast<std::size_t>(i)] = co_await p.async_submit(i, use_awaitable);
     for (int i = 0; i < 200; ++i) CHECK(got[static_cast<std::size_t>(i)] == i + 1);
+    const auto groups = p.groups();
+    REQUIRE(groups.size() == 1);
+    CHECK(groups[0].name == "stand-in");
+    CHECK(groups[0].workers_running == 3);
+    CHECK_FALSE(groups[0].removed);
     co_await p.async_shutdown(use_awaitable);
   }());
   CHECK(coropipe_test::has_children() == false);
@@ -308,9 +313,141 @@ TEST_CASE("ssh_launcher: the quoted command runs through a stand-in ssh client (
     argv.insert(argv.end(), nasty_args.begin(), nasty_args.end());
     const auto ssh_argv = l.command(argv);
     CHECK(co_await output_of(ssh_argv) == nul_joined(nasty_args));
-    int_pool p(io.get_executor(), int_workers::spawned(l.command({worker_program, "inc"})), {.workers = 2});
+    int_pool p(io.get_executor(), {{.workers = int_workers::launched(l, {worker_program, "inc"}), .count = 2}});
     for (int i = 0; i < 50; ++i) CHECK(co_await p.async_submit(i, use_awaitable) == i + 1);
     co_await p.async_shutdown(use_awaitable);
   }());
   CHECK(coropipe_test::has_children() == false);
+}
+
+namespace {
+
+// A launcher that fails like ssh does: @p text on stderr, exit status @p code.
+coropipe::launcher failing_launcher(const std::string& text, int code, const std::string& label) {
+  return coropipe::command_launcher(
+      {"/bin/sh", "-c", "printf '%s\\n' \"$0\" >&2; exit " + std::to_string(code), text}, label);
+}
+
+// A launcher whose "remote shell" runs the worker through sh, after @p prelude.
+coropipe::launcher shell_launcher(const std::string& prelude, const std::string& label) {
+  return coropipe::command_launcher({"/bin/sh", "-c", prelude + " exec \"$@\"", "sh"}, label);
+}
+
+} // namespace
+
+TEST_CASE("groups: a host that keeps failing is removed with one message; the other groups go on") {
+  asio::io_context io;
+  std::vector<std::string> removed;
+  coropipe::error_code removed_ec;
+  run(io, [&]() -> awaitable<void> {
+    const auto down = failing_launcher("ssh: connect to host 127.0.0.1 port 1: Connection refused", 255, "down");
+    int_pool p(io.get_executor(),
+               {{.workers = int_workers::launched(down, {worker_program, "inc"}), .count = 3},
+                {.workers = int_workers::spawned({worker_program, "inc"}), .count = 2, .name = "here"}},
+               {.restart_backoff = 1ms,
+                .on_group_removed = [&](const std::string& name, coropipe::error_code ec, const std::string& message) {
+                  removed.push_back(name + " | " + message);
+                  removed_ec = ec;
+                }});
+    // Every request gets its reply, none is lost to the failing host.
+    for (int i = 0; i < 300; ++i) CHECK(co_await p.async_submit(i, use_awaitable) == i + 1);
+    // The failing group is removed within a few starts (backoff 1, 2, 4 ms).
+    for (int i = 0; i < 200 && removed.empty(); ++i) {
+      asio::steady_timer t(io, 10ms);
+      co_await t.async_wait(use_awaitable);
+    }
+    REQUIRE(removed.size() == 1);
+    CHECK(removed_ec == coropipe::errc::remote_connection_failed);
+    CHECK(removed[0].find("down | group 'down' (3 workers) removed after 3 failed starts in a row") == 0);
+    CHECK(removed[0].find("Connection refused") != std::string::npos);
+    const auto groups = p.groups();
+    REQUIRE(groups.size() == 2);
+    CHECK(groups[0].removed);
+    CHECK(groups[0].workers_running == 0);
+    CHECK(groups[0].last_error == coropipe::errc::remote_connection_failed);
+    CHECK(groups[0].last_message.find("down: could not connect") == 0);
+    CHECK(groups[0].last_message.find("(exited with 255)") != std::string::npos);
+    CHECK_FALSE(groups[1].removed);
+    CHECK(groups[1].name == "here");
+    CHECK_FALSE(p.broken());
+    CHECK(co_await p.async_submit(41, use_awaitable) == 42);
+    co_await p.async_shutdown(use_awaitable);
+  }());
+  CHECK(coropipe_test::has_children() == false);
+}
+
+TEST_CASE("groups: each start-failure kind gives its error; with every group removed, requests fail with it") {
+  struct failure {
+    coropipe::launcher l;
+    coropipe::errc expected;
+    std::string in_message;
+  };
+  const std::vector<failure> failures = {
+      {failing_launcher("ssh: Could not resolve hostname nowhere.invalid: Name or service not known", 255, "h"),
+       coropipe::errc::remote_host_unknown, "Could not resolve hostname"},
+      {failing_launcher("alice@127.0.0.1: Permission denied (publickey).", 255, "h"),
+       coropipe::errc::remote_authentication_failed, "Permission denied (publickey)"},
+      {failing_launcher("Host key verification failed.", 255, "h"), coropipe::errc::remote_host_key_rejected,
+       "Host key verification failed"},
+      {shell_launcher("", "h"), coropipe::errc::remote_program_missing, "not found"},
+      {shell_launcher("echo 'Welcome to host h!';", "h"), coropipe::errc::worker_protocol_error, "not a message frame"},
+      {shell_launcher("exit 3;", "h"), coropipe::errc::remote_start_failed, "exited with 3"},
+  };
+  for (const auto& f : failures) {
+    CAPTURE(f.in_message);
+    asio::io_context io;
+    int calls = 0;
+    run(io, [&]() -> awaitable<void> {
+      const std::string program = f.expected == coropipe::errc::remote_program_missing ? "/nonexistent/worker" : worker_program;
+      int_pool p(io.get_executor(), {{.workers = int_workers::launched(f.l, {program, "inc"}), .count = 2}},
+                 {.restart_backoff = 1ms, .on_group_removed = [&](const std::string&, coropipe::error_code, const std::string&) { ++calls; }});
+      auto [ec, r] = co_await p.async_submit(1, as_tuple);
+      if (f.expected == coropipe::errc::remote_start_failed) {
+        // Ending before the first reply may be a crash on the request: it
+        // counts as an attempt (worker_died), and as a failed start.
+        CHECK(ec == coropipe::errc::worker_died);
+        for (int i = 0; i < 5 && ec == coropipe::errc::worker_died; ++i) {
+          auto [e, x] = co_await p.async_submit(1, as_tuple);
+          ec = e;
+        }
+      }
+      CHECK(ec == f.expected);
+      auto [ec2, r2] = co_await p.async_submit(2, as_tuple);
+      CHECK(ec2 == f.expected);
+      CHECK(p.broken());
+      const auto groups = p.groups();
+      REQUIRE(groups.size() == 1);
+      CHECK(groups[0].removed);
+      CHECK(groups[0].last_error == f.expected);
+      CAPTURE(groups[0].last_message);
+      CHECK(groups[0].last_message.find(f.in_message) != std::string::npos);
+      co_await p.async_shutdown(use_awaitable);
+    }());
+    CHECK(calls == 1);
+    CHECK(coropipe_test::has_children() == false);
+  }
+}
+
+TEST_CASE("groups: a launched group's later workers start once the first has answered") {
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    const auto l = coropipe::command_launcher({stdio_launcher}, "stand-in");
+    int_pool p(io.get_executor(), {{.workers = int_workers::launched(l, {worker_program, "inc"}), .count = 3}});
+    CHECK(p.groups()[0].workers_running == 1);  // the first only
+    CHECK(co_await p.async_submit(1, use_awaitable) == 2);
+    for (int i = 0; i < 200 && p.groups()[0].workers_running < 3; ++i) {
+      asio::steady_timer t(io, 5ms);
+      co_await t.async_wait(use_awaitable);
+    }
+    CHECK(p.groups()[0].workers_running == 3);
+    co_await p.async_shutdown(use_awaitable);
+  }());
+  CHECK(coropipe_test::has_children() == false);
+}
+
+TEST_CASE("groups: a pool with no worker in any group is refused") {
+  asio::io_context io;
+  CHECK_THROWS_AS(int_pool(io.get_executor(), std::vector<coropipe::worker_group<int, int>>{}), coropipe::system_error);
+  CHECK_THROWS_AS(int_pool(io.get_executor(), {{.workers = int_workers::spawned({worker_program}), .count = 0}}),
+                  coropipe::system_error);
 }
