@@ -53,8 +53,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -67,9 +65,21 @@ namespace coropipe_test {
 
 namespace ssh_detail {
 
+// The file's contents; what could be read when it cannot be read to the end
+// (a /proc file of a process that has just ended: ESRCH).
 inline std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::string out;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return out;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return out;
 }
 
 inline bool write_text(const std::string& path, const std::string& text, mode_t mode = 0600) {
@@ -290,6 +300,14 @@ public:
       if (left.empty() || std::chrono::steady_clock::now() > deadline) return left;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
+  }
+
+  /// True while @p pid runs (not ended, not a zombie).
+  static bool running(pid_t pid) {
+    pid_t ppid = 0;
+    std::string comm;
+    ssh_detail::stat_of(pid, ppid, comm);
+    return !comm.empty() && comm.find("<defunct>") == std::string::npos;
   }
 
   static std::string describe(const std::vector<remote_process>& ps) {

@@ -12,6 +12,7 @@
 
 #include <coropipe/error.hpp>
 #include <coropipe/exit_status.hpp>
+#include <coropipe/launcher.hpp>
 
 #include <coropipe/asio.hpp>
 
@@ -30,6 +31,7 @@ using coropipe_test::run;
 using coropipe_test::ssh_server;
 using int_pool = coropipe::pool<int, int>;
 using int_workers = coropipe::pool_workers<int, int>;
+using int_group = coropipe::worker_group<int, int>;
 
 namespace {
 
@@ -86,6 +88,21 @@ awaitable<bool> eventually(Pred pred, std::chrono::milliseconds timeout) {
   co_return true;
 }
 
+// ssh_launcher()'s options for the private server: its client config (-F),
+// the client by its full path.
+coropipe::ssh_options ssh_opts(const ssh_server& server) {
+  coropipe::ssh_options o;
+  o.program = "/usr/bin/ssh";
+  o.config_file = server.config_file();
+  return o;
+}
+
+// Workers running @p argv on the private server through ssh_launcher().
+int_workers remote(const ssh_server& server, const std::vector<std::string>& argv,
+                   const std::string& alias = ssh_server::host) {
+  return int_workers::launched(coropipe::ssh_launcher(alias, ssh_opts(server)), argv);
+}
+
 // Reaps the children that a killed helper left to this subreaper (its ssh
 // clients, killed by their parent-death signal).
 void reap_orphans(std::chrono::milliseconds timeout) {
@@ -110,10 +127,11 @@ TEST_CASE("the private sshd runs commands through its own config, its sessions a
   auto p = coropipe_test::start_program(server.ssh_argv(ssh_server::host, {"sleep", "30"}));
   std::vector<coropipe_test::remote_process> sleeping;
   for (int i = 0; i < 1000 && sleeping.empty(); ++i) {
-    sleeping = server.processes_running("sleep 30");
-    ::usleep(10000);
+    for (const auto& rp : server.processes_running("sleep 30"))
+      if (rp.comm == "sleep") sleeping.push_back(rp);
+    if (sleeping.empty()) ::usleep(10000);
   }
-  CHECK(sleeping.size() == 1);
+  CHECK_MESSAGE(sleeping.size() == 1, ssh_server::describe(server.processes()));
   ::kill(p.pid, SIGKILL);
   CHECK_NOTHROW(coropipe_test::finish_program(p, 10s));
   // The banner host prints its banner first.
@@ -141,8 +159,7 @@ TEST_CASE("a remote worker killed on the far side is replaced") {
   SSH_SERVER_OR_SKIP(server);
   asio::io_context io;
   run(io, [&]() -> awaitable<void> {
-    int_pool p(io.get_executor(), int_workers::spawned(server.ssh_argv(ssh_server::host, {worker_program, "inc"})),
-               {.workers = 1, .max_retries = 2});
+    int_pool p(io.get_executor(), remote(server, {worker_program, "inc"}), {.workers = 1, .max_retries = 2});
     CHECK(co_await p.async_submit(1, use_awaitable) == 2);
     auto remote = server.processes_running(worker_program);
     REQUIRE(remote.size() == 1);
@@ -174,8 +191,7 @@ TEST_CASE("killing the local ssh client is detected and the busy remote worker e
   asio::io_context io;
   run(io, [&]() -> awaitable<void> {
     // The worker computes (busy CPU, not reading its input) for a minute.
-    int_pool p(io.get_executor(), int_workers::spawned(server.ssh_argv(ssh_server::host, {helper_program, "--serve"})),
-               {.workers = 1});
+    int_pool p(io.get_executor(), remote(server, {helper_program, "--serve"}), {.workers = 1});
     CHECK(co_await p.async_submit(1, use_awaitable) == 1);
     auto remote = server.processes_running(helper_program);
     REQUIRE(remote.size() == 1);
@@ -198,8 +214,7 @@ TEST_CASE("killing the local ssh client is detected and the busy remote worker e
     const auto t0 = std::chrono::steady_clock::now();
     bool gone = false;
     while (!gone && std::chrono::steady_clock::now() - t0 < 5s) {
-      gone = coropipe_test::process_state(remote[0].pid) == 0 ||
-             coropipe_test::process_state(remote[0].pid) == 'Z';
+      gone = !ssh_server::running(remote[0].pid);
       if (!gone) co_await sleep_for(20ms);
     }
     CHECK_MESSAGE(gone, "remote worker " << remote[0].pid << " still runs");
@@ -236,4 +251,187 @@ TEST_CASE("SIGKILL of the pool's process leaves no remote worker running, even m
   MESSAGE("remote workers gone "
           << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms after the SIGKILL");
   reap_orphans(5s);
+}
+
+TEST_CASE("quoting: arguments with spaces, quotes, $, ; and newlines arrive byte-exact through ssh") {
+  SSH_SERVER_OR_SKIP(server);
+  const std::vector<std::string> args{"plain",      "two words",   "it's",        "\"double\"", "$HOME",
+                                      "${PATH}",    "$(echo no)",  "`echo no`",   "a;b",          "x | y && z",
+                                      "back\\slash", "",            "*",           "~",            "new\nline",
+                                      "tab\there",  "'",           "''",          "-n",           "--",
+                                      "a\\'b",      "#comment",    "utf-8: \u00fc", "!bang",       "  lead"};
+  std::vector<std::string> argv{helper_program, "--print-args"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const auto l = coropipe::ssh_launcher(ssh_server::host, ssh_opts(server));
+  const auto r = coropipe_test::run_program(l.command(argv));
+  CHECK(status_of(r).success());
+  CHECK(r.err.empty());
+  std::string expected;
+  for (const auto& a : args) expected += a + '\0';
+  CHECK(r.out == expected);
+  // What arrived, argument by argument (for the failure message).
+  std::vector<std::string> got;
+  std::string cur;
+  for (char c : r.out) {
+    if (c == '\0') {
+      got.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  CHECK(got == args);
+}
+
+TEST_CASE("launched workers through ssh_launcher answer, in a group named after the host") {
+  SSH_SERVER_OR_SKIP(server);
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    std::vector<int_group> groups;
+    groups.push_back({.workers = remote(server, {worker_program, "inc"}), .count = 2});
+    int_pool p(io.get_executor(), std::move(groups));
+    CHECK(co_await p.async_submit(41, use_awaitable) == 42);
+    co_await submit_many(p, 500);
+    const auto g = p.groups();
+    REQUIRE(g.size() == 1);
+    CHECK(g[0].name == ssh_server::host);
+    CHECK(g[0].workers_running == 2);
+    CHECK_FALSE(g[0].removed);
+    CHECK_FALSE(g[0].last_error);
+    CHECK(server.processes_running(worker_program).size() == 2);
+    co_await p.async_shutdown(use_awaitable);
+  }());
+  const auto left = server.wait_until_none_running(worker_program, 5s);
+  CHECK_MESSAGE(left.empty(), "still running: " << ssh_server::describe(left));
+}
+
+TEST_CASE("each way a remote start fails gives its own error, naming the host, and removes the group") {
+  SSH_SERVER_OR_SKIP(server);
+  struct failure {
+    std::string what;
+    std::string alias;
+    std::vector<std::string> argv;
+    coropipe::errc expected;
+    std::string in_message;  // what ssh or the remote shell said
+  };
+  const std::vector<failure> failures{
+      {"wrong port", ssh_server::refused_host, {worker_program, "inc"}, coropipe::errc::remote_connection_failed,
+       "Connection refused"},
+      {"wrong key", ssh_server::wrong_key_host, {worker_program, "inc"},
+       coropipe::errc::remote_authentication_failed, "Permission denied"},
+      {"changed host key", ssh_server::bad_host_key_host, {worker_program, "inc"},
+       coropipe::errc::remote_host_key_rejected, "HOST IDENTIFICATION HAS CHANGED"},
+      {"unknown host", "coropipe-test-unknown.invalid", {worker_program, "inc"}, coropipe::errc::remote_host_unknown,
+       "Could not resolve hostname"},
+      {"missing program", ssh_server::host, {"/nonexistent/coropipe-worker", "inc"},
+       coropipe::errc::remote_program_missing, "/nonexistent/coropipe-worker"},
+      {"banner before the frames", ssh_server::banner_host, {worker_program, "inc"},
+       coropipe::errc::worker_protocol_error, ""},
+  };
+  for (const auto& f : failures) {
+    INFO(f.what);
+    asio::io_context io;
+    run(io, [&]() -> awaitable<void> {
+      std::vector<int_group> groups;
+      groups.push_back({.workers = remote(server, f.argv, f.alias), .count = 1, .max_start_failures = 2});
+      int removed_calls = 0;
+      std::string removed_name, removed_message;
+      coropipe::error_code removed_ec;
+      int_pool p(io.get_executor(), std::move(groups),
+                 {.restart_backoff = 10ms,
+                  .on_group_removed = [&](const std::string& name, coropipe::error_code ec, const std::string& msg) {
+                    ++removed_calls;
+                    removed_name = name;
+                    removed_ec = ec;
+                    removed_message = msg;
+                  }});
+      auto [ec, reply] = co_await p.async_submit(1, as_tuple);
+      CHECK(ec == f.expected);
+      CHECK(co_await eventually([&] { return removed_calls > 0; }, 30000ms));
+      CHECK(removed_calls == 1);
+      CHECK(removed_name == f.alias);
+      CHECK(removed_ec == f.expected);
+      CHECK_MESSAGE(removed_message.find(f.alias) != std::string::npos, removed_message);
+      CHECK_MESSAGE(removed_message.find(f.in_message) != std::string::npos, removed_message);
+      const auto g = p.groups();
+      REQUIRE(g.size() == 1);
+      CHECK(g[0].removed);
+      CHECK(g[0].workers_running == 0);
+      CHECK(g[0].last_error == f.expected);
+      CHECK_MESSAGE(g[0].last_message.find(f.alias) != std::string::npos, g[0].last_message);
+      MESSAGE(f.what << ": " << removed_message);
+      // Later requests fail at once, with the same error.
+      auto [ec2, reply2] = co_await p.async_submit(2, as_tuple);
+      CHECK(ec2 == f.expected);
+      co_await p.async_shutdown(use_awaitable);
+    }());
+  }
+  CHECK(server.wait_until_none_running(worker_program, 5s).empty());
+}
+
+TEST_CASE("a failing host is removed while the other groups go on") {
+  SSH_SERVER_OR_SKIP(server);
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    std::vector<int_group> groups;
+    groups.push_back({.workers = remote(server, {worker_program, "inc"}, ssh_server::refused_host), .count = 2});
+    groups.push_back({.workers = remote(server, {worker_program, "inc"}), .count = 2});
+    std::vector<std::string> removed;
+    int_pool p(io.get_executor(), std::move(groups),
+               {.restart_backoff = 10ms,
+                .on_group_removed = [&](const std::string& name, coropipe::error_code, const std::string&) {
+                  removed.push_back(name);
+                }});
+    co_await submit_many(p, 300);
+    CHECK(co_await eventually([&] { return !removed.empty(); }, 30000ms));
+    co_await submit_many(p, 300);
+    CHECK(removed == std::vector<std::string>{ssh_server::refused_host});
+    const auto g = p.groups();
+    REQUIRE(g.size() == 2);
+    CHECK(g[0].removed);
+    CHECK(g[0].last_error == coropipe::errc::remote_connection_failed);
+    CHECK_FALSE(g[1].removed);
+    CHECK(g[1].workers_running == 2);
+    CHECK_FALSE(p.broken());
+    co_await p.async_shutdown(use_awaitable);
+  }());
+  CHECK(server.wait_until_none_running(worker_program, 5s).empty());
+}
+
+TEST_CASE("mixed local and remote workers share the requests") {
+  SSH_SERVER_OR_SKIP(server);
+  asio::io_context io;
+  run(io, [&]() -> awaitable<void> {
+    std::vector<int_group> groups;
+    groups.push_back({.workers = int_workers::forked([](int x) -> awaitable<int> { co_return x + 1; }), .count = 1});
+    groups.push_back({.workers = int_workers::spawned({worker_program, "inc"}), .count = 1});
+    groups.push_back({.workers = remote(server, {worker_program, "inc"}), .count = 2});
+    int_pool p(io.get_executor(), std::move(groups), {.window = 1});
+    CHECK(co_await p.async_submit(1, use_awaitable) == 2);
+    // Every worker up (the remote ones take an ssh login), then a burst.
+    CHECK(co_await eventually([&] { return server.processes_running(worker_program).size() == 2; }, 30000ms));
+    co_await submit_many(p, 2000);
+    // Requests of 30 ms each, one per worker at a time: every worker takes
+    // some (tiny ones may all be answered by the local workers while a
+    // remote reply crosses ssh, whose connection is not TCP_NODELAY).
+    int done = 0, wrong = 0;
+    for (int i = 0; i < 40; ++i)
+      p.async_submit(-30, [&](coropipe::error_code ec, int r) {
+        if (ec || r != -29) ++wrong;
+        ++done;
+      });
+    CHECK(co_await eventually([&] { return done == 40; }, 30000ms));
+    CHECK(wrong == 0);
+    const auto stats = p.stats();
+    REQUIRE(stats.size() == 4);
+    for (std::size_t i = 0; i < stats.size(); ++i)
+      CHECK_MESSAGE(stats[i].served > 0, "worker " << i << " (pid " << stats[i].pid << ", " << stats[i].restarts
+                                                    << " restarts) served none");
+    const auto g = p.groups();
+    REQUIRE(g.size() == 3);
+    CHECK(g[2].name == ssh_server::host);
+    CHECK(g[2].workers_running == 2);
+    co_await p.async_shutdown(use_awaitable);
+  }());
+  CHECK(server.wait_until_none_running(worker_program, 5s).empty());
 }
