@@ -253,7 +253,7 @@ TEST_CASE("SIGKILL of the pool's process leaves no remote worker running, even m
   reap_orphans(5s);
 }
 
-TEST_CASE("quoting: arguments with spaces, quotes, $, ; and newlines arrive byte-exact through ssh") {
+TEST_CASE("quoting: arguments with spaces, quotes, dollars, semicolons and newlines arrive byte-exact through ssh") {
   SSH_SERVER_OR_SKIP(server);
   const std::vector<std::string> args{"plain",      "two words",   "it's",        "\"double\"", "$HOME",
                                       "${PATH}",    "$(echo no)",  "`echo no`",   "a;b",          "x | y && z",
@@ -435,3 +435,60 @@ TEST_CASE("mixed local and remote workers share the requests") {
   }());
   CHECK(server.wait_until_none_running(worker_program, 5s).empty());
 }
+
+#if defined(COROPIPE_SAMPLE_PRIME_POOL)
+namespace {
+const std::string prime_pool = COROPIPE_SAMPLE_PRIME_POOL;
+}
+
+TEST_CASE("prime_pool --host prints the same count with remote, mixed and failing hosts") {
+  SSH_SERVER_OR_SKIP(server);
+  const std::string expected = "primes below 1000000: 78498\n";
+  auto r = coropipe_test::run_program({prime_pool, "--limit", "1000000", "--workers", "2"});
+  CHECK(r.out == expected);
+  r = coropipe_test::run_program(
+      {prime_pool, "--limit", "1000000", "--host", std::string(ssh_server::host) + "/2", "--ssh-config", server.config_file()});
+  CHECK(status_of(r).success());
+  CHECK(r.out == expected);
+  CHECK(r.err.empty());
+  // Mixed: one local worker beside them.
+  r = coropipe_test::run_program({prime_pool, "--limit", "1000000", "--chunk", "7777", "--workers", "1", "--host",
+                                  std::string(ssh_server::host) + "/2", "--ssh-config", server.config_file()});
+  CHECK(status_of(r).success());
+  CHECK(r.out == expected);
+  // A host that cannot be reached is reported and dropped; the others count.
+  r = coropipe_test::run_program({prime_pool, "--limit", "1000000", "--host", ssh_server::refused_host, "--host",
+                                  std::string(ssh_server::host) + "/2", "--ssh-config", server.config_file()});
+  CHECK(status_of(r).success());
+  CHECK(r.out == expected);
+  CHECK_MESSAGE(r.err.find(ssh_server::refused_host) != std::string::npos, r.err);
+  CHECK_MESSAGE(r.err.find("Connection refused") != std::string::npos, r.err);
+  // Only an unreachable host: a clear error, exit status 1.
+  r = coropipe_test::run_program({prime_pool, "--limit", "1000000", "--host", ssh_server::refused_host, "--ssh-config",
+                                  server.config_file()});
+  CHECK(status_of(r).exit_code() == 1);
+  CHECK(r.out.empty());
+  CHECK_MESSAGE(r.err.find(ssh_server::refused_host) != std::string::npos, r.err);
+  CHECK(server.wait_until_none_running(prime_pool, 5s).empty());
+}
+
+TEST_CASE("prime_pool --host: a remote worker killed mid-run does not change the count") {
+  SSH_SERVER_OR_SKIP(server);
+  auto p = coropipe_test::start_program({prime_pool, "--limit", "30000000", "--chunk", "50000", "--host",
+                                         std::string(ssh_server::host) + "/2", "--ssh-config", server.config_file()});
+  std::vector<coropipe_test::remote_process> remote;
+  const auto t0 = std::chrono::steady_clock::now();
+  while (remote.size() < 2 && std::chrono::steady_clock::now() - t0 < 30s) {
+    remote = server.processes_running(prime_pool + " --serve");
+    ::usleep(5000);
+  }
+  REQUIRE(!remote.empty());
+  ::usleep(50000);
+  const bool killed = ::kill(remote.front().pid, SIGKILL) == 0;
+  const auto r = coropipe_test::finish_program(p, 120s);
+  CHECK(status_of(r).success());
+  CHECK(r.out == "primes below 30000000: 1857859\n");
+  if (killed) CHECK_MESSAGE(r.err.find("replaced") != std::string::npos, r.err);
+  CHECK(server.wait_until_none_running(prime_pool, 5s).empty());
+}
+#endif
