@@ -130,11 +130,13 @@ bool pool_group::budget_allows(unsigned budget, std::chrono::steady_clock::durat
   return true;
 }
 
-bool pool_group::failed_start(error_code ec, std::string message) {
+bool pool_group::failed_start(error_code ec, std::string message, bool serving) {
   last_error = ec;
   last_message = std::move(message);
   ++failed_starts;
-  return max_start_failures != 0 && failed_starts >= max_start_failures;
+  // A host where a worker serves works: its failed starts (sshd refusing
+  // connections beyond MaxStartups, say) count against the budget only.
+  return max_start_failures != 0 && failed_starts >= max_start_failures && !serving;
 }
 
 void pool_group::answer() noexcept {

@@ -322,8 +322,9 @@ struct pool_workers {
 /// are classified by classify_launch_failure() (`errc::remote_*`). Requests
 /// such a worker held never ran and go back to the queue (except after
 /// `remote_start_failed`, which may be a crash: then they count as attempts).
-/// After `max_start_failures` failed starts in a row, or when its restart
-/// budget is exhausted, the group is **removed**: its workers finish what
+/// After `max_start_failures` failed starts in a row while none of its
+/// workers serves, or when its restart budget is exhausted, the group is
+/// **removed**: its workers finish what
 /// they hold and end, pool_options::on_group_removed is called once, and the
 /// other groups go on. Only when every group is removed does the pool fail
 /// what is queued and every later request: with the last group's start
@@ -501,8 +502,9 @@ struct pool_group {
 
   // One restart more, if the budget allows it.
   bool budget_allows(unsigned budget, std::chrono::steady_clock::duration period);
-  // A failed start: true when the group must now be removed.
-  bool failed_start(error_code ec, std::string message);
+  // A failed start: true when the group must now be removed (never while
+  // one of its workers serves: @p serving).
+  bool failed_start(error_code ec, std::string message, bool serving);
   // A worker of the group replied.
   void answer() noexcept;
   // The one message of its removal.
@@ -891,6 +893,13 @@ private:
     co_await self->position(index);
   }
 
+  // Whether a worker of @p g has answered and still runs: its host works.
+  bool serving(const pool_group& g) const {
+    for (std::size_t i = g.first; i < g.first + g.count; ++i)
+      if (workers_[i] && workers_[i]->replied && workers_[i]->usable) return true;
+    return false;
+  }
+
   static bool is_protocol_error(const error_code& ec) {
     return ec == errc::message_too_large || ec == errc::malformed_frame || ec == errc::decode_failed ||
            ec == errc::truncated_message;
@@ -933,7 +942,7 @@ private:
           remove_group(gi, ec, std::move(message), errc::pool_restart_budget_exhausted);
           break;
         }
-        if (g.failed_start(ec, message)) {
+        if (g.failed_start(ec, message, serving(g))) {
           remove_group(gi, ec, std::move(message), ec);
           break;
         }
@@ -1034,7 +1043,7 @@ private:
         consecutive = served_any ? 1 : consecutive + 1;
         if (start_ec) {
           start_error_ = start_ec;
-          if (g.failed_start(start_ec, message)) {
+          if (g.failed_start(start_ec, message, serving(g))) {
             remove_group(gi, start_ec, std::move(message), start_ec);
             break;
           }
