@@ -2,6 +2,7 @@
 // prime_pool: counts the primes below N with a pool of worker processes.
 //
 //   prime_pool [--limit N] [--chunk N] [--workers W] [--spawn]
+//              [--host HOST[/N]]... [--ssh-config FILE]
 //   prime_pool --serve
 //
 // The range [0, N) is cut into chunks of --chunk numbers; each chunk is one
@@ -12,6 +13,10 @@
 // not change. With --spawn the workers are this program re-executed with
 // --serve, serving requests on stdin and replies on stdout. Ctrl-C (or
 // SIGTERM) stops the workers and the program at once (exit status 130).
+// With --host HOST/N, N workers run on HOST through ssh: this same binary,
+// at the same path there (a shared filesystem, or a copy), with --serve;
+// local workers join them only when --workers is given too. A host that
+// keeps failing is reported and dropped; the count does not change.
 // See docs/tutorial/04-many-workers.md.
 #include <coropipe/coropipe.hpp>
 #include <coropipe/pool.hpp>
@@ -26,6 +31,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -67,33 +74,61 @@ asio::awaitable<std::int64_t> count_chunk(chunk c) { co_return count_primes(c.lo
 struct options {
   std::int64_t limit = 10'000'000;
   std::int64_t chunk = 100'000;
-  std::size_t workers = 0;  // 0: one per CPU
+  std::size_t workers = 0;  // 0: one per CPU (none with --host)
   bool spawn = false;
   bool serve = false;
+  std::vector<coropipe::host_spec> hosts;  // --host
+  std::string ssh_config;                  // --ssh-config
 };
 
 const char* usage =
     "usage: prime_pool [--limit N] [--chunk N] [--workers W] [--spawn]\n"
+    "                  [--host HOST[/N]]... [--ssh-config FILE]\n"
     "       prime_pool --serve\n"
     "  --limit N    count the primes below N (default 10000000)\n"
     "  --chunk N    numbers per request (default 100000)\n"
     "  --workers W  worker processes (default: the number of CPUs)\n"
     "  --spawn      workers are this program re-executed with --serve\n"
+    "  --host HOST[/N]  N workers (default 1) on HOST through ssh, running this\n"
+    "               binary at the same path there with --serve (repeatable;\n"
+    "               local workers too only with --workers)\n"
+    "  --ssh-config FILE  the ssh client's config file (ssh -F)\n"
     "  --serve      be a worker: requests on stdin, replies on stdout\n";
+
+// [docs:prime-hosts]
+// Workers on other machines: this binary, at the same path there, run with
+// --serve through ssh; local workers join them when --workers is given.
+std::vector<coropipe::worker_group<chunk, std::int64_t>> worker_groups(const options& opts,
+                                                                      prime_pool::workers_type local) {
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  std::vector<coropipe::worker_group<chunk, std::int64_t>> groups;
+  for (const auto& h : opts.hosts) {
+    const auto ssh = coropipe::ssh_launcher(h.host, {.config_file = opts.ssh_config});
+    groups.push_back({.workers = prime_pool::workers_type::launched(ssh, {self, "--serve"}), .count = h.workers});
+  }
+  if (opts.workers != 0) groups.push_back({.workers = std::move(local), .count = opts.workers});
+  return groups;
+}
+// [docs:end]
 
 // [docs:prime-main]
 asio::awaitable<int> count(const options& opts) {
   auto ex = co_await asio::this_coro::executor;
   auto workers = opts.spawn ? prime_pool::workers_type::self({"--serve"})  // /proc/self/exe --serve
                             : prime_pool::workers_type::forked(count_chunk);
-  prime_pool pool(ex, std::move(workers),
-                  {.workers = opts.workers,
-                   .max_retries = 3,  // chunks are idempotent: a dead worker's chunk is sent again
-                   .on_worker_exit = [](const coropipe::worker_exit& w) {
-                     if (!w.expected)
-                       std::fprintf(stderr, "prime_pool: worker %d %s; replaced\n", static_cast<int>(w.pid),
-                                    w.status.to_string().c_str());
-                   }});
+  const coropipe::pool_options po{
+      .workers = opts.workers,
+      .max_retries = 3,  // chunks are idempotent: a dead worker's chunk is sent again
+      .on_worker_exit =
+          [](const coropipe::worker_exit& w) {
+            if (!w.expected)
+              std::fprintf(stderr, "prime_pool: worker %d %s; replaced\n", static_cast<int>(w.pid),
+                           w.status.to_string().c_str());
+          },
+      .on_group_removed = [](const std::string&, coropipe::error_code,
+                             const std::string& message) { std::fprintf(stderr, "prime_pool: %s\n", message.c_str()); }};
+  prime_pool pool = opts.hosts.empty() ? prime_pool(ex, std::move(workers), po)
+                                       : prime_pool(ex, worker_groups(opts, std::move(workers)), po);
   // Ctrl-C or SIGTERM: stop the workers now (the pool's destructor kills
   // and reaps them when this coroutine ends).
   asio::signal_set stop(ex, SIGINT, SIGTERM);
@@ -136,6 +171,8 @@ int main(int argc, char** argv) {
       else if (arg == "--workers") opts.workers = static_cast<std::size_t>(samples::parse_number(arg, value(), 1, 1024));
       else if (arg == "--spawn") opts.spawn = true;
       else if (arg == "--serve") opts.serve = true;
+      else if (arg == "--host") opts.hosts.push_back(coropipe::parse_host_spec(value()));
+      else if (arg == "--ssh-config") opts.ssh_config = value();
       else throw std::invalid_argument("unknown argument '" + std::string(arg) + "'");
     }
   } catch (const std::invalid_argument& e) {

@@ -23,7 +23,7 @@ LAYERS = [
     ("messages", {"frame", "framed_stream", "line_reader", "channel"}),
     ("structured messages", {"decode_error", "pickle", "pickle_internal", "pyobject", "json"}),
     ("sockets", {"address", "listener", "handshake", "fd_passing"}),
-    ("many workers", {"scope", "pool", "batch"}),
+    ("many workers", {"scope", "pool", "batch", "launcher"}),
 ]
 UMBRELLA = {"coropipe"}
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](?:coropipe/)?([A-Za-z0-9_]+)\.hpp[>"]', re.M)

@@ -54,6 +54,20 @@ public:
       return "the pool cannot keep its workers alive (restart budget exhausted)";
     case errc::pool_closed:
       return "the pool is shut down";
+    case errc::remote_connection_failed:
+      return "could not connect to the remote host (refused, timed out, no route, or closed before login)";
+    case errc::remote_host_unknown:
+      return "the remote host name does not resolve";
+    case errc::remote_authentication_failed:
+      return "the remote host refused the login (no accepted key)";
+    case errc::remote_host_key_rejected:
+      return "the remote host's key was rejected (not known while checking strictly, or changed)";
+    case errc::remote_program_missing:
+      return "the worker program is missing or not executable on the remote host";
+    case errc::remote_start_failed:
+      return "the launched worker ended before its first reply";
+    case errc::worker_protocol_error:
+      return "the worker's output is not a message frame (a banner or greeting on its stdout?)";
     }
     return "unknown coropipe error " + std::to_string(value);
   }

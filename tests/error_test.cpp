@@ -32,6 +32,13 @@ const std::vector<coropipe::errc> all_errcs = {
     coropipe::errc::worker_died,
     coropipe::errc::pool_restart_budget_exhausted,
     coropipe::errc::pool_closed,
+    coropipe::errc::remote_connection_failed,
+    coropipe::errc::remote_host_unknown,
+    coropipe::errc::remote_authentication_failed,
+    coropipe::errc::remote_host_key_rejected,
+    coropipe::errc::remote_program_missing,
+    coropipe::errc::remote_start_failed,
+    coropipe::errc::worker_protocol_error,
 };
 
 bool starts_with(const std::string& s, const std::string& prefix) {

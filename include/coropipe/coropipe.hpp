@@ -18,6 +18,7 @@
 #include <coropipe/framed_stream.hpp>
 #include <coropipe/handshake.hpp>
 #include <coropipe/io.hpp>
+#include <coropipe/launcher.hpp>
 #include <coropipe/line_reader.hpp>
 #include <coropipe/listener.hpp>
 #include <coropipe/pickle.hpp>

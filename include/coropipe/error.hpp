@@ -68,6 +68,27 @@ enum class errc {
   pool_restart_budget_exhausted,
   /// The pool is shut down (or shutting down) and takes no more requests.
   pool_closed,
+  /// A launched (remote) worker could not reach its host: the connection was
+  /// refused, timed out, found no route, or was closed before login (ssh's
+  /// exit status 255; see launcher.hpp).
+  remote_connection_failed,
+  /// A launched worker's host name does not resolve.
+  remote_host_unknown,
+  /// A launched worker's host refused the login (no accepted key; with
+  /// BatchMode ssh never asks for a password).
+  remote_authentication_failed,
+  /// A launched worker's host key was refused: unknown with strict checking,
+  /// or changed since it was recorded in known_hosts.
+  remote_host_key_rejected,
+  /// A launched worker's program is missing (or not executable) on the far
+  /// side: exit status 127 or 126 from the remote shell.
+  remote_program_missing,
+  /// A launched worker ended before its first reply for another reason (see
+  /// pool::groups() for the host's message).
+  remote_start_failed,
+  /// A pool worker's first output is not a message frame: a banner or
+  /// greeting printed by the program or by the remote shell's start-up files.
+  worker_protocol_error,
 };
 
 /// The base of error categories in the flavour's error-code system:

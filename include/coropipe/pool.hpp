@@ -31,6 +31,19 @@
 ///   arguments you give (e.g. `--serve`), like Python's "spawn" start
 ///   method: a process with threads can still have C++ workers; its main()
 ///   sees the arguments and calls serve_stdio().
+/// - **launched**: a spawned program on another machine, through a launcher
+///   (launcher.hpp: ssh, srun, `kubectl exec -i`). The pool reads its stderr
+///   (and copies it to its own) to tell why a start failed.
+///
+/// ### Groups: workers of several kinds, on several hosts
+/// The constructor that takes `std::vector<worker_group>` mixes kinds in one
+/// pool, e.g. 4 workers on each of two hosts and 2 local ones. Each group has
+/// its own restart budget and `max_start_failures`: a host that keeps
+/// failing (unknown, refusing, the program missing, a banner on stdout) is
+/// removed with one message (pool_options::on_group_removed, groups()) and
+/// the others go on; requests its workers held that never ran are sent to
+/// the others. A worker whose first output is not a message frame is a
+/// protocol error (`errc::worker_protocol_error`), not a hang.
 ///
 /// ### Crashes are contained
 /// A worker that dies (killed, exits, closes its pipe, or sends something
@@ -113,6 +126,7 @@
 #include <coropipe/error.hpp>
 #include <coropipe/fork.hpp>
 #include <coropipe/framed_stream.hpp>
+#include <coropipe/launcher.hpp>
 #include <coropipe/pipe.hpp>
 #include <coropipe/spawn.hpp>
 
@@ -186,6 +200,26 @@ struct pool_options {
   /// Called on the pool's executor each time a worker has ended and been
   /// reaped (before its replacement starts); may be empty.
   std::function<void(const worker_exit&)> on_worker_exit{};
+  /// Called on the pool's executor when a group of workers is taken out of
+  /// the pool (see worker_group), with the group's name, the error and one
+  /// message saying why (e.g. "group 'build1' removed after 3 failed starts
+  /// in a row: ... Connection refused"); may be empty.
+  std::function<void(const std::string& name, error_code ec, const std::string& message)> on_group_removed{};
+};
+
+/// The state of one group of a pool's workers (pool::groups()).
+struct group_stats {
+  /// The group's name (worker_group::name).
+  std::string name{};
+  /// Its workers running now.
+  std::size_t workers_running = 0;
+  /// True once the group is taken out of the pool.
+  bool removed = false;
+  /// Why its last worker failed to start, or why it was removed; empty if none.
+  error_code last_error{};
+  /// The same in words, naming the group (host) and, for a launched worker,
+  /// the line of its stderr that tells what failed.
+  std::string last_message{};
 };
 
 /// What became of a request; filled when its async_submit() completes.
@@ -224,7 +258,8 @@ enum class shutdown_mode {
   immediate,  ///< fail what is pending, kill the workers now
 };
 
-/// How a pool starts its workers: make one with forked(), spawned() or self().
+/// How a pool starts its workers: make one with forked(), spawned(), self()
+/// or launched().
 template <codable Request, codable Reply>
 struct pool_workers {
   /// The coroutine function of forked workers.
@@ -256,12 +291,68 @@ struct pool_workers {
     w.program = "/proc/self/exe";
     return w;
   }
+  /// Programs @p argv (speaking the wire format on stdin/stdout) started on
+  /// another machine through @p l (ssh_launcher(), command_launcher()): the
+  /// pool spawns `l.command(argv)`. Their stderr is read by the pool (and
+  /// copied to its own), so that a failed start is told apart: see
+  /// worker_group. @throws std::invalid_argument when @p argv is empty.
+  static pool_workers launched(const launcher& l, const std::vector<std::string>& argv) {
+    pool_workers w;
+    w.argv = l.command(argv);
+    w.host = l.host.empty() ? std::string("local") : l.host;
+    w.through_launcher = true;
+    return w;
+  }
 
   function_type function;
   initializer_type initializer;
   fork_options fork{};
   std::vector<std::string> argv;
   std::string program;
+  /// launched(): the launcher's host, and true.
+  std::string host;
+  bool through_launcher = false;
+};
+
+/// Some workers of a pool, all of one kind (e.g. N workers on one host):
+/// pool's constructor takes a list of them.
+///
+/// ```
+/// auto ssh = coropipe::ssh_launcher("build1", {.control_master = true});
+/// coropipe::pool<int, int> p(ex, {{.workers = int_workers::launched(ssh, {"/opt/w", "--serve"}), .count = 4},
+///                                 {.workers = int_workers::self({"--serve"}), .count = 2}});
+/// ```
+///
+/// Each group has its own restart budget (pool_options::restart_budget per
+/// restart_period). A start fails when the worker cannot be started (spawn()
+/// or fork refused), when its first output is not a message frame
+/// (`errc::worker_protocol_error`: a banner on stdout), or, for a launched
+/// worker, when it ends before its first reply: its exit status and stderr
+/// are classified by classify_launch_failure() (`errc::remote_*`). Requests
+/// such a worker held never ran and go back to the queue (except after
+/// `remote_start_failed`, which may be a crash: then they count as attempts).
+/// After `max_start_failures` failed starts in a row while none of its
+/// workers serves, or when its restart budget is exhausted, the group is
+/// **removed**: its workers finish what
+/// they hold and end, pool_options::on_group_removed is called once, and the
+/// other groups go on. Only when every group is removed does the pool fail
+/// what is queued and every later request: with the last group's start
+/// error, or `errc::pool_restart_budget_exhausted`.
+///
+/// The workers of a launched group start one first; the others start once
+/// a worker of the group has replied (so an ssh ControlMaster connection is
+/// up and shared), or 2 seconds after the pool started.
+template <codable Request, codable Reply>
+struct worker_group {
+  /// How this group's workers start.
+  pool_workers<Request, Reply> workers;
+  /// How many.
+  std::size_t count = 1;
+  /// Its name in messages and pool::groups(); empty: the launcher's host, or "local".
+  std::string name{};
+  /// Failed starts in a row after which the group is removed; 0: never (only
+  /// the restart budget then).
+  unsigned max_start_failures = 3;
 };
 
 namespace detail {
@@ -551,6 +642,63 @@ struct submit_op final : pool_request<Reply> {
 // The parts of a pool that do not depend on its types.
 std::size_t default_worker_count() noexcept;
 
+// A launched worker's stderr: read to its end, copied to this process's
+// stderr, and its first 4 KiB kept to tell why a start failed.
+class stderr_capture : public std::enable_shared_from_this<stderr_capture> {
+public:
+  static constexpr std::size_t keep = 4096;
+  explicit stderr_capture(asio::posix::stream_descriptor s);
+  void start();
+  [[nodiscard]] const std::string& text() const noexcept { return text_; }
+  // Waits until the stream has ended, at most @p limit.
+  asio::awaitable<void> wait(std::chrono::steady_clock::duration limit);
+  void close() noexcept;
+
+private:
+  void read();
+  asio::posix::stream_descriptor s_;
+  asio::steady_timer ended_timer_;
+  std::array<char, 4096> buf_{};
+  std::string text_;
+  bool ended_ = false;
+};
+
+// One group's bookkeeping (worker_group).
+struct pool_group {
+  pool_group(const asio::any_io_executor& ex, std::string group_name, std::size_t n, unsigned max_failures,
+             bool is_launched)
+      : name(std::move(group_name)), count(n), max_start_failures(max_failures), launched(is_launched), ready(ex) {}
+  std::string name;
+  std::size_t count;
+  unsigned max_start_failures;
+  bool launched;
+  asio::steady_timer ready;  // a launched group's later workers wait for its first answer
+  std::size_t first = 0;     // its first position
+  unsigned failed_starts = 0;  // in a row
+  bool answered = false;
+  bool removed = false;
+  bool budget_exhausted = false;
+  error_code last_error;
+  std::string last_message;
+  std::deque<std::chrono::steady_clock::time_point> restarts;
+
+  // One restart more, if the budget allows it.
+  bool budget_allows(unsigned budget, std::chrono::steady_clock::duration period);
+  // A failed start: true when the group must now be removed (never while
+  // one of its workers serves: @p serving).
+  bool failed_start(error_code ec, std::string message, bool serving);
+  // A worker of the group replied.
+  void answer() noexcept;
+  // The one message of its removal.
+  [[nodiscard]] std::string removal_message(unsigned budget, std::chrono::steady_clock::duration period) const;
+};
+
+// "NAME: could not start 'PROGRAM': REASON".
+std::string spawn_failure_message(const std::string& group, const std::vector<std::string>& argv, error_code ec);
+// "NAME: REASON: STDERR LINE (exit status ...)".
+std::string launch_failure_message(const std::string& group, error_code ec, const exit_status& st,
+                                   std::string_view stderr_text);
+
 template <codable Request, codable Reply>
 class pool_state : public std::enable_shared_from_this<pool_state<Request, Reply>> {
 public:
@@ -567,19 +715,35 @@ public:
     bool usable = true;  // takes requests
     bool expected_end = false;  // stopped on purpose: not a crash
     bool blocked = false;  // its send queue was full
+    bool replied = false;  // has sent a reply
+    std::shared_ptr<stderr_capture> err;  // launched workers: their stderr
   };
 
-  pool_state(asio::any_io_executor ex, pool_workers<Request, Reply> kind, pool_options opts)
-      : ex_(std::move(ex)), kind_(std::move(kind)), opts_(opts), idle_(ex_), backoff_(ex_) {
-    if (opts_.workers == 0) opts_.workers = default_worker_count();
+  pool_state(asio::any_io_executor ex, std::vector<worker_group<Request, Reply>> groups, pool_options opts)
+      : ex_(std::move(ex)), opts_(std::move(opts)), idle_(ex_), backoff_(ex_) {
     if (opts_.window == 0) opts_.window = 1;
     if (opts_.queue_limit == 0) opts_.queue_limit = 1;
     idle_.expires_at(std::chrono::steady_clock::time_point::max());
-    workers_.resize(opts_.workers);
-    stats_.resize(opts_.workers);
+    groups_.reserve(groups.size());
+    std::size_t total = 0;
+    for (auto& g : groups) {
+      std::string name = !g.name.empty() ? g.name : !g.workers.host.empty() ? g.workers.host : std::string("local");
+      groups_.emplace_back(ex_, std::move(name), g.count, g.max_start_failures, g.workers.through_launcher);
+      groups_.back().first = total;
+      total += g.count;
+      for (std::size_t i = 0; i < g.count; ++i) group_of_.push_back(groups_.size() - 1);
+      kinds_.push_back(std::move(g.workers));
+    }
+    if (total == 0) detail::throw_error(errc::invalid_argument, "coropipe::pool", "no workers in any group");
+    opts_.workers = total;
+    workers_.resize(total);
+    stats_.resize(total);
   }
 
   void start() {
+    for (auto& g : groups_) {
+      if (g.launched) g.ready.expires_after(std::chrono::seconds(2));
+    }
     for (std::size_t i = 0; i < workers_.size(); ++i) {
       ++running_;
       asio::co_spawn(ex_, run_position(this->shared_from_this(), i), [self = this->shared_from_this()](std::exception_ptr) {
@@ -606,7 +770,7 @@ public:
   void start_submit(Handler handler, encoded_request bytes, const submit_options& so) {
     using op_type = submit_op<Reply, Handler>;
     error_code ec;
-    if (broken_) ec = errc::pool_restart_budget_exhausted;
+    if (broken_) ec = broken_error_;
     else if (closed_) ec = errc::pool_closed;
     if (ec) {
       if (so.info) *so.info = request_info{};
@@ -642,7 +806,7 @@ public:
     } else {
       while (!queue_.empty() || in_flight() != 0) {
         if (broken_ || running_ == 0) {
-          fail_all(broken_ ? error_code(errc::pool_restart_budget_exhausted) : error_code(errc::pool_closed));
+          fail_all(broken_ ? broken_error_ : error_code(errc::pool_closed));
           break;
         }
         (void)co_await idle_.async_wait(compat::as_tuple(asio::use_awaitable));
@@ -652,6 +816,7 @@ public:
         if (w) end_input(*w);
     }
     backoff_.cancel();
+    for (auto& g : groups_) g.ready.cancel();
     while (running_ != 0) {
       (void)co_await idle_.async_wait(compat::as_tuple(asio::use_awaitable));
     }
@@ -665,6 +830,7 @@ public:
     stopping_ = true;
     backoff_.cancel();
     deadline_.cancel();
+    for (auto& g : groups_) g.ready.cancel();
     fail_all(errc::pool_closed);
     for (auto& w : workers_) {
       if (!w) continue;
@@ -673,10 +839,26 @@ public:
       error_code ignored;
       w->rx.framed().next_layer().close(ignored);
       w->tx.next_layer().close(ignored);
+      if (w->err) w->err->close();
     }
   }
 
   [[nodiscard]] std::vector<worker_stats> stats() const { return stats_; }
+  [[nodiscard]] std::vector<group_stats> groups() const {
+    std::vector<group_stats> out;
+    out.reserve(groups_.size());
+    for (const auto& g : groups_) {
+      group_stats gs;
+      gs.name = g.name;
+      gs.removed = g.removed;
+      gs.last_error = g.last_error;
+      gs.last_message = g.last_message;
+      for (std::size_t i = g.first; i < g.first + g.count; ++i)
+        if (workers_[i]) ++gs.workers_running;
+      out.push_back(std::move(gs));
+    }
+    return out;
+  }
   [[nodiscard]] std::size_t queued() const noexcept { return queue_.size(); }
   [[nodiscard]] std::size_t in_flight() const noexcept {
     std::size_t n = 0;
@@ -916,17 +1098,17 @@ private:
 
   // --- workers ------------------------------------------------------------
 
-  std::shared_ptr<worker> start_worker(error_code& ec) {
+  std::shared_ptr<worker> start_worker(const pool_workers<Request, Reply>& kind, error_code& ec) {
     auto w = std::make_shared<worker>(ex_);
-    if (kind_.function) {
+    if (kind.function) {
       auto req = coropipe::pipe(ec);
       if (ec) return nullptr;
       auto rep = coropipe::pipe(ec);
       if (ec) return nullptr;
       const char* failed = nullptr;
       w->proc = detail::fork_bound(
-          ex_, kind_.fork, ec, failed,
-          [fn = kind_.function, init = kind_.initializer](child_context& ctx, unique_fd in,
+          ex_, kind.fork, ec, failed,
+          [fn = kind.function, init = kind.initializer](child_context& ctx, unique_fd in,
                                                           unique_fd out) -> asio::awaitable<int> {
             if (init) co_await init();
             auto f = fn;
@@ -941,15 +1123,20 @@ private:
       return w;
     }
     spawn_options so;
-    so.argv = kind_.argv;
-    so.program = kind_.program;
+    so.argv = kind.argv;
+    so.program = kind.program;
     so.in = stdio::pipe();
     so.out = stdio::pipe();
+    if (kind.through_launcher) so.err = stdio::pipe();  // read: it tells why a start failed
     so.parent_death_signal = 9;
     process p = coropipe::spawn(ex_, std::move(so), ec);
     if (ec) return nullptr;
     w->tx = framed_stream<stream>(std::move(p.stdin_pipe()), request_options());
     w->rx = channel<Reply, Reply>(std::move(p.stdout_pipe()), reply_options());
+    if (kind.through_launcher) {
+      w->err = std::make_shared<stderr_capture>(std::move(p.stderr_pipe()));
+      w->err->start();
+    }
     w->proc = std::move(p);  // the pipes have been taken: only the child is kept
     return w;
   }
@@ -968,45 +1155,85 @@ private:
     return fo;
   }
 
-  bool budget_allows() {
-    const auto now = std::chrono::steady_clock::now();
-    while (!restarts_.empty() && now - restarts_.front() > opts_.restart_period) restarts_.pop_front();
-    if (restarts_.size() >= opts_.restart_budget) return false;
-    restarts_.push_back(now);
-    return true;
-  }
-
   void give_up() {
     broken_ = true;
     // What waits for a worker cannot get one; what live workers hold goes on.
     while (!queue_.empty()) {
       request* r = queue_.front();
       queue_.pop_front();
-      complete(*r, errc::pool_restart_budget_exhausted);
+      complete(*r, broken_error_);
     }
-    fail_parked(errc::pool_restart_budget_exhausted);
+    fail_parked(broken_error_);
     idle_.cancel();
+  }
+
+  // Takes group @p gi out of the pool: @p ec is its error, @p pool_ec the
+  // pool's if it was the last group.
+  void remove_group(std::size_t gi, error_code ec, std::string message, error_code pool_ec) {
+    auto& g = groups_[gi];
+    if (g.removed) return;
+    g.removed = true;
+    g.last_error = ec;
+    g.last_message = std::move(message);
+    g.ready.cancel();
+    // Its live workers take no more requests and end once they have answered.
+    for (std::size_t i = g.first; i < g.first + g.count; ++i) {
+      auto& w = workers_[i];
+      if (!w) continue;
+      w->usable = false;
+      if (w->inflight.empty()) end_input(*w);
+    }
+    const std::string text = g.removal_message(opts_.restart_budget, opts_.restart_period);
+    if (opts_.on_group_removed) opts_.on_group_removed(g.name, ec, text);
+    if (std::all_of(groups_.begin(), groups_.end(), [](const pool_group& x) { return x.removed || x.count == 0; })) {
+      broken_error_ = pool_ec;
+      give_up();
+    } else {
+      dispatch();
+      idle_.cancel();
+    }
   }
 
   static asio::awaitable<void> run_position(std::shared_ptr<pool_state> self, std::size_t index) {
     co_await self->position(index);
   }
 
+  // Whether a worker of @p g has answered and still runs: its host works.
+  bool serving(const pool_group& g) const {
+    for (std::size_t i = g.first; i < g.first + g.count; ++i)
+      if (workers_[i] && workers_[i]->replied && workers_[i]->usable) return true;
+    return false;
+  }
+
+  static bool is_protocol_error(const error_code& ec) {
+    return ec == errc::message_too_large || ec == errc::malformed_frame || ec == errc::decode_failed ||
+           ec == errc::truncated_message;
+  }
+
   asio::awaitable<void> position(std::size_t index) {
     co_await asio::this_coro::throw_if_cancelled(false);
     constexpr auto tuple = compat::as_tuple(asio::use_awaitable);
+    const std::size_t gi = group_of_[index];
+    pool_group& g = groups_[gi];
+    const pool_workers<Request, Reply>& kind = kinds_[gi];
+    // A launched group's later workers start once the first has answered
+    // (its connection is up, and shared under ssh's ControlMaster).
+    while (g.launched && index != g.first && !g.answered && !g.removed && !stopping_ && !broken_) {
+      auto [rec] = co_await g.ready.async_wait(tuple);
+      if (!rec) break;  // waited long enough
+    }
     unsigned consecutive = 0;
     bool first = true;
-    while (!stopping_ && !broken_) {
+    while (!stopping_ && !broken_ && !g.removed) {
       if (consecutive > 0) {
         auto delay = opts_.restart_backoff;
         for (unsigned i = 1; i < consecutive && delay < opts_.max_restart_backoff; ++i) delay *= 2;
         backoff_.expires_after(std::min(delay, opts_.max_restart_backoff));
         (void)co_await backoff_.async_wait(tuple);
-        if (stopping_ || broken_) break;
+        if (stopping_ || broken_ || g.removed) break;
       }
       error_code ec;
-      auto w = start_worker(ec);
+      auto w = start_worker(kind, ec);
       if (!first) ++stats_[index].restarts;
       first = false;
       if (!w) {
@@ -1014,9 +1241,19 @@ private:
         stats_[index].last_exit.reset();
         start_error_ = ec;
         ++consecutive;
-        // Errors that no retry can cure end the pool at once.
-        if (ec == errc::fork_in_threaded_process || ec == errc::invalid_argument || !budget_allows()) {
-          give_up();
+        std::string message = spawn_failure_message(g.name, kind.argv, ec);
+        // Errors that no retry can cure end the group at once.
+        if (ec == errc::fork_in_threaded_process || ec == errc::invalid_argument) {
+          remove_group(gi, ec, std::move(message), errc::pool_restart_budget_exhausted);
+          break;
+        }
+        if (g.failed_start(ec, message, serving(g))) {
+          remove_group(gi, ec, std::move(message), ec);
+          break;
+        }
+        if (!g.budget_allows(opts_.restart_budget, opts_.restart_period)) {
+          g.budget_exhausted = true;
+          remove_group(gi, errc::pool_restart_budget_exhausted, std::move(message), errc::pool_restart_budget_exhausted);
           break;
         }
         continue;
@@ -1025,20 +1262,30 @@ private:
       stats_[index].pid = w->proc.pid();
       dispatch();
       bool served_any = false;
+      bool garbage = false;
       Reply value{};
+      error_code rec;
       for (;;) {
-        auto [rec, got] = co_await w->rx.async_receive(value, tuple);
+        auto [e, got] = co_await w->rx.async_receive(value, tuple);
+        rec = e;
         if (rec || !got) break;
-        if (w->inflight.empty()) break;  // a reply to nothing: garbage
+        if (w->inflight.empty()) {  // a reply to nothing: garbage
+          garbage = true;
+          break;
+        }
         request* r = w->inflight.front();
         w->inflight.pop_front();
         ++stats_[index].served;
         served_any = true;
+        if (!w->replied) {
+          w->replied = true;
+          g.answer();
+        }
         w->blocked = false;
         if (r) deliver(*r, std::move(value));
-        if (opts_.max_requests_per_worker != 0 && w->sent >= opts_.max_requests_per_worker &&
-            w->inflight.empty()) {
-          end_input(*w);  // retired: it exits on end of input
+        if ((opts_.max_requests_per_worker != 0 && w->sent >= opts_.max_requests_per_worker && w->inflight.empty()) ||
+            (g.removed && w->inflight.empty())) {
+          end_input(*w);  // retired, or its group removed: it exits on end of input
         }
         dispatch();
         if (w->inflight.empty()) idle_.cancel();
@@ -1056,6 +1303,22 @@ private:
       if (!wec) stats_[index].last_exit = status;
       stats_[index].pid = 0;
       if (opts_.on_worker_exit && !wec) opts_.on_worker_exit(worker_exit{index, w->proc.pid(), status, expected});
+      // A failed start: output that is no frame before any reply, or a
+      // launched worker that ended before its first reply.
+      error_code start_ec;
+      std::string message;
+      if (!w->replied && !expected && !stopping_ && (garbage || is_protocol_error(rec) || w->err)) {
+        if (w->err) co_await w->err->wait(std::chrono::milliseconds(500));  // ssh's last words
+        const std::string err_text = w->err ? w->err->text() : std::string();
+        start_ec = w->err ? classify_launch_failure(status, err_text) : error_code(errc::remote_start_failed);
+        if ((garbage || is_protocol_error(rec)) && (!w->err || start_ec == errc::remote_start_failed))
+          start_ec = errc::worker_protocol_error;
+        message = launch_failure_message(g.name, start_ec, status, err_text);
+      }
+      if (w->err) w->err->close();
+      // Requests a worker that failed to start held never ran: they go back
+      // as they were (remote_start_failed may be a crash: those count).
+      const bool never_ran = start_ec && start_ec != errc::remote_start_failed;
       // Its requests: sent again, or failed with its status.
       std::deque<request*> held;
       held.swap(w->inflight);
@@ -1064,7 +1327,10 @@ private:
         if (!r) continue;
         r->info.worker_pid = w->proc.pid();
         r->info.worker_status = status;
-        if (r->info.attempts <= opts_.max_retries && !stopping_) {
+        if (never_ran && !stopping_) {
+          --r->info.attempts;
+          queue_.push_front(r);
+        } else if (r->info.attempts <= opts_.max_retries && !stopping_) {
           queue_.push_front(r);
         } else {
           complete(*r, errc::worker_died);
@@ -1072,30 +1338,42 @@ private:
       }
       workers_[index].reset();
       idle_.cancel();
-      if (stopping_) break;
+      if (stopping_ || g.removed) break;
       if (expected) {
         consecutive = 0;
       } else {
         consecutive = served_any ? 1 : consecutive + 1;
-        if (!budget_allows()) {
-          give_up();
+        if (start_ec) {
+          start_error_ = start_ec;
+          if (g.failed_start(start_ec, message, serving(g))) {
+            remove_group(gi, start_ec, std::move(message), start_ec);
+            break;
+          }
+        }
+        if (!g.budget_allows(opts_.restart_budget, opts_.restart_period)) {
+          g.budget_exhausted = true;
+          remove_group(gi, errc::pool_restart_budget_exhausted,
+                       message.empty() ? g.name + ": its workers keep dying" : std::move(message),
+                       errc::pool_restart_budget_exhausted);
           break;
         }
       }
       dispatch();
     }
-    if (broken_) give_up();
+    if (broken_) give_up();  // what came back to the queue has no worker left
+    else dispatch();         // what this position's group left queued goes to the others
   }
 
   asio::any_io_executor ex_;
-  pool_workers<Request, Reply> kind_;
+  std::vector<pool_workers<Request, Reply>> kinds_;  // per group
+  std::vector<pool_group> groups_;
+  std::vector<std::size_t> group_of_;  // per position
   pool_options opts_;
   asio::steady_timer idle_;     // cancelled when requests or workers finish
   asio::steady_timer backoff_;  // restart delays (one timer: cancel() ends them all)
   std::deque<request*> queue_;
   std::vector<std::shared_ptr<worker>> workers_;
   std::vector<worker_stats> stats_;
-  std::deque<std::chrono::steady_clock::time_point> restarts_;
   std::vector<std::byte> scratch_;  // encoding, reused
   request_blocks blocks_;           // records of pending requests, reused
   std::deque<request*> parked_;     // waiting for room in queue_ (backpressure)
@@ -1107,6 +1385,7 @@ private:
   bool closed_ = false;
   bool stopping_ = false;
   bool broken_ = false;
+  error_code broken_error_ = errc::pool_restart_budget_exhausted;
   error_code start_error_;
 };
 
@@ -1123,9 +1402,18 @@ public:
   using workers_type = pool_workers<Request, Reply>;
 
   /// Starts the workers (forked ones before this returns, spawned ones too:
-  /// spawn() returns once the program is exec'd).
+  /// spawn() returns once the program is exec'd): pool_options::workers of
+  /// them (0: one per CPU), one group whose failed starts count against the
+  /// restart budget only.
   pool(const executor_type& ex, pool_workers<Request, Reply> workers, pool_options opts = {})
-      : st_(std::make_shared<detail::pool_state<Request, Reply>>(ex, std::move(workers), opts)) {
+      : st_(std::make_shared<detail::pool_state<Request, Reply>>(ex, one_group(std::move(workers), opts), opts)) {
+    st_->start();
+  }
+  /// Starts the workers of every group (see worker_group); pool_options::workers
+  /// is ignored. @throws system_error with `errc::invalid_argument` when no
+  /// group has a worker.
+  pool(const executor_type& ex, std::vector<worker_group<Request, Reply>> groups, pool_options opts = {})
+      : st_(std::make_shared<detail::pool_state<Request, Reply>>(ex, std::move(groups), opts)) {
     st_->start();
   }
   pool(const pool&) = delete;
@@ -1144,7 +1432,9 @@ public:
   /// Errors: `errc::worker_died` (the worker died and retries are used up;
   /// see submit_options::info for its exit status),
   /// `asio::error::operation_aborted` (cancelled), ETIMEDOUT (`ec == std::errc::timed_out`),
-  /// `errc::pool_closed`, `errc::pool_restart_budget_exhausted`. Supports
+  /// `errc::pool_closed`, `errc::pool_restart_budget_exhausted`, and once
+  /// every group is removed for failed starts, the last one's error
+  /// (`errc::remote_*`, `errc::worker_protocol_error`, or spawn()'s). Supports
   /// per-operation cancellation (terminal). @p request is encoded before
   /// this returns.
   ///
@@ -1189,18 +1479,22 @@ public:
     return async_shutdown(shutdown_mode::graceful, std::forward<ShutdownToken>(token));
   }
 
-  /// Statistics per worker position.
+  /// Statistics per worker position (the groups' positions in order).
   [[nodiscard]] std::vector<worker_stats> stats() const { return st_->stats(); }
+  /// The state of each group, in the order given.
+  [[nodiscard]] std::vector<group_stats> groups() const { return st_->groups(); }
   /// Requests waiting for a worker.
   [[nodiscard]] std::size_t queued() const noexcept { return st_->queued(); }
   /// Requests sent to workers and not answered yet.
   [[nodiscard]] std::size_t in_flight() const noexcept { return st_->in_flight(); }
-  /// True once the restart budget is exhausted (or a worker could not be
-  /// started for a reason no retry cures: `errc::fork_in_threaded_process`,
+  /// True once every group is removed: its restart budget exhausted, too
+  /// many failed starts in a row, or a worker could not be started for a
+  /// reason no retry cures (`errc::fork_in_threaded_process`,
   /// `errc::invalid_argument`).
   [[nodiscard]] bool broken() const noexcept { return st_->broken(); }
   /// Why the last worker that could not be started failed (fork_child() or
-  /// spawn()'s error, e.g. ENOENT for a missing program); empty if none.
+  /// spawn()'s error, e.g. ENOENT for a missing program, or a failed start's
+  /// `errc::remote_*` / `errc::worker_protocol_error`); empty if none.
   [[nodiscard]] error_code last_start_error() const noexcept { return st_->last_start_error(); }
 
 private:
@@ -1211,6 +1505,15 @@ private:
       st->start_submit(std::forward<Handler>(handler), std::move(bytes), so);
     }
   };
+
+  static std::vector<worker_group<Request, Reply>> one_group(pool_workers<Request, Reply> workers,
+                                                             const pool_options& opts) {
+    std::vector<worker_group<Request, Reply>> groups(1);
+    groups[0].workers = std::move(workers);
+    groups[0].count = opts.workers != 0 ? opts.workers : detail::default_worker_count();
+    groups[0].max_start_failures = 0;
+    return groups;
+  }
 
   std::shared_ptr<detail::pool_state<Request, Reply>> st_;
 };
