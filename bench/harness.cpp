@@ -52,6 +52,14 @@ case_result run_case(const case_spec& spec, const settings& s) {
   case_result r;
   r.spec = spec;
   std::fprintf(stderr, "  %-44s", spec.name.c_str());
+  if (spec.unavailable) {
+    const std::string why = spec.unavailable();
+    if (!why.empty()) {
+      std::fprintf(stderr, " SKIPPED: %s\n", why.c_str());
+      r.spec.note = "SKIPPED: " + why;
+      return r;
+    }
+  }
   const auto t0 = clock::now();
   for (int attempt = 1;; ++attempt) {
     const auto started = clock::now();

@@ -56,6 +56,9 @@ struct case_spec {
   measure_fn coropipe;
   measure_fn baseline;  // may be empty for a report-only case
   std::string note;     // printed under the table
+  /// May be empty; else called first: a non-empty answer (why the case
+  /// cannot run here, e.g. no sshd) skips the case, loudly, with that note.
+  std::function<std::string()> unavailable{};
 };
 
 struct case_result {

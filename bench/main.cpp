@@ -251,6 +251,25 @@ std::vector<case_spec> all_cases(const settings& s) {
                    "{\"workers\": 2, \"rounds\": " + std::to_string(pool_rounds) + "}", "us/round trip",
                    better::lower, 1 / 1.2, [=] { return pool_round_trip(pool_rounds); },
                    [=] { return raw_ping_pong(pool_rounds); }, "baseline: case 3's raw ping-pong over two pipes"});
+  // Pools over ssh (issue 16): 2 workers through ssh to a private sshd on
+  // 127.0.0.1 against 2 local spawned workers, both this program re-executed.
+  const int ssh_requests = s.quick ? 20000 : 100000;
+  cases.push_back({"pool: over ssh (2 workers) vs 2 local spawned workers",
+                   "{\"workers\": 2, \"window\": 256, \"in_flight\": 1024, \"requests\": " +
+                       std::to_string(ssh_requests) + "}",
+                   "requests/s", better::higher, 0.5, [=] { return ssh_pool_submit_rate(ssh_requests, true); },
+                   [=] { return ssh_pool_submit_rate(ssh_requests, false); },
+                   "tiny requests (int -> int), 1024 in flight, a window of 256 per worker; ssh -T to sshd on 127.0.0.1 (tests/ssh_fixture.hpp), "
+                   "default cipher, a launched worker group; both sides unpinned; "
+                   "per-request overhead = 1/coropipe - 1/baseline",
+                   [] { return ssh_unavailable(); }});
+  const int ssh_rounds = s.quick ? 1000 : 5000;
+  cases.push_back({"pool: over ssh, one request at a time vs local",
+                   "{\"workers\": 2, \"rounds\": " + std::to_string(ssh_rounds) + "}", "us/round trip",
+                   better::lower, std::nullopt, [=] { return ssh_pool_round_trip(ssh_rounds, true); },
+                   [=] { return ssh_pool_round_trip(ssh_rounds, false); },
+                   "the latency ssh adds to one round trip (coropipe - baseline); report only",
+                   [] { return ssh_unavailable(); }});
   cases.push_back({"memory: pool allocations/request", "{\"requests\": " + std::to_string(counted) + "}",
                    "allocs/request", better::lower, std::nullopt,
                    [=] { return pool_allocations_per_request(counted / 10); }, {},
@@ -261,6 +280,8 @@ std::vector<case_spec> all_cases(const settings& s) {
 } // namespace
 
 int main(int argc, char** argv) {
+  // The pools of the ssh cases re-execute this program as their workers.
+  if (argc == 2 && std::strcmp(argv[1], "--pool-worker") == 0) return serve_pool_worker();
   settings s;
   bool json = false;
   bool pin = true;

@@ -8,7 +8,10 @@
 #include "run.hpp"
 #include "pool_cases.hpp"
 
+#include "ssh_fixture.hpp"  // tests/: the private sshd
+
 #include <coropipe/batch.hpp>
+#include <coropipe/launcher.hpp>
 #include <coropipe/pool.hpp>
 
 #include <coropipe/asio.hpp>
@@ -16,8 +19,10 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
+#include <memory>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -199,6 +204,123 @@ double pool_allocations_per_request(int n) {
     co_await p.async_shutdown(use_awaitable);
     co_return static_cast<double>(after - before) / n;
   }());
+}
+
+// Pools over ssh against the same pools of local spawned workers.
+namespace {
+
+// Every CPU for this thread and what it starts in this scope (the bench pins
+// itself to one): sshd, the ssh clients and the workers, local and remote alike.
+class unpinned {
+public:
+  unpinned() {
+    ::sched_getaffinity(0, sizeof old_, &old_);
+    cpu_set_t all;
+    CPU_ZERO(&all);
+    const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+    for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i) CPU_SET(i, &all);
+    ::sched_setaffinity(0, sizeof all, &all);
+  }
+  ~unpinned() { ::sched_setaffinity(0, sizeof old_, &old_); }
+  unpinned(const unpinned&) = delete;
+  unpinned& operator=(const unpinned&) = delete;
+
+private:
+  cpu_set_t old_{};
+};
+
+coropipe_test::ssh_server& private_sshd() {
+  static std::unique_ptr<coropipe_test::ssh_server> server = [] {
+    unpinned u;
+    return std::make_unique<coropipe_test::ssh_server>();
+  }();
+  return *server;
+}
+
+std::string self_exe() {
+  std::array<char, 4096> buf{};
+  const ssize_t n = ::readlink("/proc/self/exe", buf.data(), buf.size() - 1);
+  if (n <= 0) throw std::runtime_error("readlink /proc/self/exe");
+  return std::string(buf.data(), static_cast<std::size_t>(n));
+}
+
+// A window of 256 requests per worker, 1024 in flight: over ssh, many
+// requests then share each write, packet and wake-up (64 and 256 gave 0.3x
+// to 0.4x on a loaded 2-core machine, 256 and 1024 0.46x to 0.72x).
+constexpr std::size_t ssh_window = 256;
+constexpr int ssh_in_flight = 1024;
+
+// 2 workers, each `<this program> --pool-worker`: spawned here, or launched
+// through `ssh -F <the server's config> coropipe-test` (a worker group).
+int_pool make_spawned_pool(asio::io_context& io, bool over_ssh) {
+  const std::vector<std::string> argv{self_exe(), "--pool-worker"};
+  const coropipe::pool_options opts{.workers = 2, .window = ssh_window};
+  if (!over_ssh) return int_pool(io.get_executor(), coropipe::pool_workers<int, int>::spawned(argv), opts);
+  coropipe::ssh_options o;
+  o.program = "/usr/bin/ssh";
+  o.config_file = private_sshd().config_file();
+  std::vector<coropipe::worker_group<int, int>> groups;
+  groups.push_back(
+      {.workers = coropipe::pool_workers<int, int>::launched(coropipe::ssh_launcher(coropipe_test::ssh_server::host, o), argv),
+       .count = 2});
+  return int_pool(io.get_executor(), std::move(groups), opts);
+}
+
+// Until every worker has answered (a launched group starts its second
+// worker once the first has answered, and an ssh login takes a while).
+awaitable<void> all_workers_up(int_pool& p) {
+  const auto deadline = clock::now() + std::chrono::seconds(30);
+  for (;;) {
+    const auto stats = p.stats();
+    if (std::all_of(stats.begin(), stats.end(), [](const coropipe::worker_stats& w) { return w.served > 0; })) co_return;
+    if (clock::now() > deadline) throw std::runtime_error("the pool's workers did not all start within 30 s");
+    std::vector<int> some(64, 1);
+    (void)co_await coropipe::async_map(p, some, use_awaitable);
+  }
+}
+
+} // namespace
+
+std::string ssh_unavailable() {
+  const auto& server = private_sshd();
+  return server.available() ? std::string() : "ssh: " + server.reason();
+}
+
+// Both sides run unpinned, the bench included: a launched group starts its
+// second ssh client later, from the pool's thread.
+double ssh_pool_submit_rate(int n, bool over_ssh) {
+  unpinned u;
+  asio::io_context io(1);
+  auto p = make_spawned_pool(io, over_ssh);
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    co_await all_workers_up(p);
+    co_return co_await submit_rate(p, n, ssh_in_flight);
+  }());
+}
+
+double ssh_pool_round_trip(int rounds, bool over_ssh) {
+  unpinned u;
+  asio::io_context io(1);
+  auto p = make_spawned_pool(io, over_ssh);
+  return run_to_completion(io, [&]() -> awaitable<double> {
+    co_await all_workers_up(p);
+    for (int i = 0; i < 200; ++i) (void)co_await p.async_submit(i, use_awaitable);
+    const auto t0 = clock::now();
+    for (int i = 0; i < rounds; ++i)
+      if (co_await p.async_submit(i, use_awaitable) != i + 1) throw std::runtime_error("wrong reply");
+    const double secs = seconds_since(t0);
+    co_await p.async_shutdown(use_awaitable);
+    co_return secs / rounds * 1e6;
+  }());
+}
+
+int serve_pool_worker() {
+  cpu_set_t all;  // a remote worker is started by sshd: every CPU, like a local one
+  CPU_ZERO(&all);
+  const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+  for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i) CPU_SET(i, &all);
+  ::sched_setaffinity(0, sizeof all, &all);
+  return coropipe::serve_stdio<int, int>(inc);
 }
 
 } // namespace bench

@@ -28,7 +28,8 @@
 //   coropipe-test-banner    the same server on its second port, where sshd's
 //                           ForceCommand prints a banner on stdout before it
 //                           runs the command (like a chatty shell rc)
-//   coropipe-test-refused   a port where nothing listens
+//   coropipe-test-refused   a port where nothing listens (bound by this
+//                           process, so no other test's server takes it)
 //   coropipe-test-wrongkey  the server, with a key it does not authorize
 //   coropipe-test-badhostkey the server, with a known_hosts file that holds
 //                           another key for it
@@ -127,8 +128,10 @@ inline int run_quietly(const std::vector<std::string>& argv, const std::string& 
   return status;
 }
 
-// A port on 127.0.0.1 that was free a moment ago (0 on failure).
-inline unsigned free_port() {
+// A port on 127.0.0.1 that was free a moment ago (0 on failure). With
+// @p keep, the socket bound to it (not listening: connections to it are
+// refused) is left open in *keep, so that no one else takes the port.
+inline unsigned free_port(int* keep = nullptr) {
   const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (s < 0) return 0;
   sockaddr_in a{};
@@ -139,20 +142,9 @@ inline unsigned free_port() {
   if (::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
       ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) == 0)
     port = ntohs(a.sin_port);
-  ::close(s);
+  if (keep != nullptr && port != 0) *keep = s;
+  else ::close(s);
   return port;
-}
-
-inline bool port_accepts(unsigned port) {
-  const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (s < 0) return false;
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<std::uint16_t>(port));
-  const bool ok = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-  ::close(s);
-  return ok;
 }
 
 // /proc/<pid>/stat's parent pid and command name (empty name: gone).
@@ -206,11 +198,18 @@ public:
   static constexpr const char* banner = "Welcome to the coropipe test host!";
 
   ssh_server() {
-    try {
-      start();
-    } catch (const std::exception& e) {
-      reason_ = e.what();
-      stop();
+    // Tests run in parallel, each with its own server: a port taken between
+    // its choice and sshd's bind() is chosen again.
+    for (int attempt = 1;; ++attempt) {
+      try {
+        start();
+        reason_.clear();
+        return;
+      } catch (const std::exception& e) {
+        reason_ = e.what();
+        stop();
+        if (attempt == 3 || reason_.find("Address already in use") == std::string::npos) return;
+      }
     }
   }
   ~ssh_server() { stop(); }
@@ -346,7 +345,7 @@ private:
 
     port_ = ssh_detail::free_port();
     banner_port_ = ssh_detail::free_port();
-    refused_port_ = ssh_detail::free_port();
+    refused_port_ = ssh_detail::free_port(&refused_socket_);  // bound, never listening
     if (port_ == 0 || banner_port_ == 0 || refused_port_ == 0 || port_ == banner_port_ ||
         refused_port_ == port_ || refused_port_ == banner_port_)
       fail("no free ports on 127.0.0.1");
@@ -467,7 +466,7 @@ private:
     if (pid < 0) fail(std::string("fork: ") + std::strerror(fork_errno));
     unshare_ = pid;
 
-    // Up when both ports accept; down when unshare has exited.
+    // Up when sshd listens on both ports; down when unshare has exited.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     for (;;) {
       int status = 0;
@@ -477,7 +476,15 @@ private:
         fail("sshd did not start (" + describe_status(status) + "): " + ssh_detail::last_lines(log(), 3));
       }
       if (init_ <= 0) init_ = child_of(unshare_);
-      if (init_ > 0 && ssh_detail::port_accepts(port_) && ssh_detail::port_accepts(banner_port_)) break;
+      // Its own "Server listening" lines (a connection test could reach
+      // another test's server, had it taken the port meanwhile).
+      const std::string text = log();
+      auto listening = [&](unsigned port) {
+        return text.find("Server listening on 127.0.0.1 port " + std::to_string(port) + ".") != std::string::npos;
+      };
+      if (init_ > 0 && listening(port_) && listening(banner_port_)) break;
+      if (text.find("Address already in use") != std::string::npos)  // one port taken: sshd runs on
+        fail("sshd could not bind its ports: " + ssh_detail::last_lines(text, 3));
       if (std::chrono::steady_clock::now() > deadline)
         fail("sshd did not accept connections within 30 s: " + ssh_detail::last_lines(log(), 3));
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -508,10 +515,13 @@ private:
       unshare_ = -1;
     }
     init_ = -1;
+    if (refused_socket_ >= 0) ::close(refused_socket_);
+    refused_socket_ = -1;
     if (!dir_.empty() && std::getenv("COROPIPE_KEEP_SSHD_DIR") == nullptr) {
       std::error_code ec;
       std::filesystem::remove_all(dir_, ec);
     }
+    dir_.clear();
   }
 
   std::string reason_;
@@ -520,6 +530,7 @@ private:
   unsigned port_ = 0;
   unsigned banner_port_ = 0;
   unsigned refused_port_ = 0;
+  int refused_socket_ = -1;
   pid_t unshare_ = -1;
   pid_t init_ = -1;
 };

@@ -1300,6 +1300,9 @@ private:
       // own status, however long its exit takes (atexit handlers, a loaded
       // machine, a sanitizer's leak check); SIGKILL once stop_grace is over.
       auto [wec, status] = co_await w->proc.async_stop(opts_.stop_grace, 0, tuple);
+      // A launched worker's last words (ssh's error) are read and copied
+      // before its stderr is closed: it has exited, so they are in the pipe.
+      if (w->err) co_await w->err->wait(std::chrono::milliseconds(500));
       if (!wec) stats_[index].last_exit = status;
       stats_[index].pid = 0;
       if (opts_.on_worker_exit && !wec) opts_.on_worker_exit(worker_exit{index, w->proc.pid(), status, expected});
@@ -1308,7 +1311,6 @@ private:
       error_code start_ec;
       std::string message;
       if (!w->replied && !expected && !stopping_ && (garbage || is_protocol_error(rec) || w->err)) {
-        if (w->err) co_await w->err->wait(std::chrono::milliseconds(500));  // ssh's last words
         const std::string err_text = w->err ? w->err->text() : std::string();
         start_ec = w->err ? classify_launch_failure(status, err_text) : error_code(errc::remote_start_failed);
         if ((garbage || is_protocol_error(rec)) && (!w->err || start_ec == errc::remote_start_failed))
