@@ -569,7 +569,8 @@ struct submit_op final : pool_request<Reply> {
     // pool's own executor has the pool's pending reads).
     auto ex = asio::get_associated_executor(handler, io_ex);
     if constexpr (std::is_same_v<executor_type, asio::any_io_executor>) {
-      if (ex != io_ex) work.emplace(std::move(ex));
+      on_io_executor = ex == io_ex;
+      if (!on_io_executor) work.emplace(std::move(ex));
     } else {
       work.emplace(std::move(ex));
     }
@@ -604,8 +605,9 @@ struct submit_op final : pool_request<Reply> {
     auto* self = static_cast<submit_op*>(&base);
     if (self->slot.is_connected()) self->slot.clear();
     if (base.info_out) *base.info_out = base.info;
+    const bool on_io = self->on_io_executor;
     auto hex = asio::get_associated_executor(self->handler, io_ex);
-    submit_completion<Handler, Reply> c{std::move(self->handler), hex, ec, value ? std::move(*value) : Reply()};
+    submit_completion<Handler, Reply> c{std::move(self->handler), std::move(hex), ec, value ? std::move(*value) : Reply()};
     auto work = std::move(self->work);
     // The record is freed before the handler runs (it may submit again).
     if constexpr (own_blocks) {
@@ -624,11 +626,9 @@ struct submit_op final : pool_request<Reply> {
     // A reply arrives on the pool's executor: a handler of that executor is
     // called here, like the handler of an Asio operation; one of another
     // executor is dispatched to it.
-    if constexpr (std::is_same_v<executor_type, asio::any_io_executor>) {
-      if (hex == io_ex) {
-        std::move(c)();
-        return;
-      }
+    if (on_io) {
+      std::move(c)();
+      return;
     }
     asio::dispatch(io_ex, std::move(c));
   }
@@ -636,6 +636,7 @@ struct submit_op final : pool_request<Reply> {
   Handler handler;
   slot_type slot;
   std::optional<asio::executor_work_guard<executor_type>> work;
+  bool on_io_executor = false;  // the handler's executor is the pool's
 };
 
 
