@@ -412,8 +412,8 @@ TEST_CASE("mixed local and remote workers share the requests") {
     CHECK(co_await eventually([&] { return server.processes_running(worker_program).size() == 2; }, 30000ms));
     co_await submit_many(p, 2000);
     // Requests of 30 ms each, one per worker at a time: every worker takes
-    // some (tiny ones may all be answered by the local workers while a
-    // remote reply crosses ssh, whose connection is not TCP_NODELAY).
+    // some (tiny ones may all be answered by the local workers while one
+    // remote round trip crosses ssh).
     int done = 0, wrong = 0;
     for (int i = 0; i < 40; ++i)
       p.async_submit(-30, [&](coropipe::error_code ec, int r) {
