@@ -21,6 +21,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -251,6 +252,40 @@ TEST_CASE("SIGKILL of the pool's process leaves no remote worker running, even m
   MESSAGE("remote workers gone "
           << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms after the SIGKILL");
   reap_orphans(5s);
+}
+
+TEST_CASE("a pool destroyed or shut down at once leaves no remote worker running, even mid-computation") {
+  SSH_SERVER_OR_SKIP(server);
+  for (const bool destroy : {true, false}) {
+    const std::string how = destroy ? "destroyed" : "shutdown_mode::immediate";
+    INFO(how);
+    asio::io_context io;
+    run(io, [&]() -> awaitable<void> {
+      std::vector<int_group> groups;
+      groups.push_back({.workers = remote(server, {helper_program, "--serve"}), .count = 2});
+      auto p = std::make_unique<int_pool>(io.get_executor(), std::move(groups), coropipe::pool_options{.window = 1});
+      int failed = 0;
+      for (int i = 0; i < 4; ++i)
+        p->async_submit(i < 2 ? 1 : 600000, [&](coropipe::error_code ec, int) { failed += ec ? 1 : 0; });
+      // Both remote workers up and computing (a minute each).
+      CHECK(co_await eventually([&] { return server.processes_running(helper_program).size() == 2; }, 30000ms));
+      co_await sleep_for(300ms);
+      if (destroy) {
+        p.reset();  // SIGKILL to the ssh clients, reaped at once
+      } else {
+        co_await p->async_shutdown(coropipe::shutdown_mode::immediate, use_awaitable);
+        p.reset();
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto left = server.wait_until_none_running(helper_program, 5s);
+      CHECK_MESSAGE(left.empty(), "still running: " << ssh_server::describe(left));
+      MESSAGE("remote workers gone " << std::chrono::duration_cast<std::chrono::milliseconds>(
+                                            std::chrono::steady_clock::now() - t0)
+                                            .count()
+                                     << " ms after the pool ended");
+    }());
+    io.run();  // the callbacks of the failed requests
+  }
 }
 
 TEST_CASE("quoting: arguments with spaces, quotes, dollars, semicolons and newlines arrive byte-exact through ssh") {
