@@ -228,30 +228,40 @@ TEST_CASE("killing the local ssh client is detected and the busy remote worker e
 
 TEST_CASE("SIGKILL of the pool's process leaves no remote worker running, even mid-computation") {
   SSH_SERVER_OR_SKIP(server);
-  std::vector<std::string> argv{helper_program, "--pool", "2", "600000"};
-  for (auto& a : server.ssh_argv(ssh_server::host)) argv.push_back(a);
-  auto p = coropipe_test::start_program(argv);
-  // Both remote workers computing (their requests are sent once they run).
-  std::vector<coropipe_test::remote_process> remote;
-  const auto t0 = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - t0 < 30s) {
-    remote = server.processes_running(helper_program + " --serve");
-    if (remote.size() == 2) break;
-    ::usleep(20000);
+  for (const bool launched : {true, false}) {
+    const std::string how = launched ? "a launched group (ssh_launcher)" : "spawned through an ssh prefix";
+    INFO(how);
+    std::vector<std::string> argv{helper_program, "--pool", "2", "600000"};
+    if (launched) {
+      argv.push_back("--ssh-config");
+      argv.push_back(server.config_file());
+      argv.push_back(ssh_server::host);
+    } else {
+      for (auto& a : server.ssh_argv(ssh_server::host)) argv.push_back(a);
+    }
+    auto p = coropipe_test::start_program(argv);
+    // Both remote workers computing (their requests are sent once they run).
+    std::vector<coropipe_test::remote_process> remote;
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - t0 < 30s) {
+      remote = server.processes_running(helper_program + " --serve");
+      if (remote.size() == 2) break;
+      ::usleep(20000);
+    }
+    REQUIRE(remote.size() == 2);
+    ::usleep(500000);  // their requests have arrived: they compute
+    ::kill(p.pid, SIGKILL);
+    const auto killed = std::chrono::steady_clock::now();
+    const auto r = coropipe_test::finish_program(p, 10s);
+    CHECK(r.out == "submitted 2\n");
+    const auto left = server.wait_until_none_running(helper_program, 10s);
+    const auto took = std::chrono::steady_clock::now() - killed;
+    CHECK_MESSAGE(left.empty(), "still running: " << ssh_server::describe(left));
+    CHECK(took < 5s);  // within a few seconds (the helper's ssh clients die with it)
+    MESSAGE("remote workers gone "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms after the SIGKILL");
+    reap_orphans(5s);
   }
-  REQUIRE(remote.size() == 2);
-  ::usleep(500000);  // their requests have arrived: they compute
-  ::kill(p.pid, SIGKILL);
-  const auto killed = std::chrono::steady_clock::now();
-  const auto r = coropipe_test::finish_program(p, 10s);
-  CHECK(r.out == "submitted 2\n");
-  const auto left = server.wait_until_none_running(helper_program, 10s);
-  const auto took = std::chrono::steady_clock::now() - killed;
-  CHECK_MESSAGE(left.empty(), "still running: " << ssh_server::describe(left));
-  CHECK(took < 5s);  // within a few seconds (the helper's ssh clients die with it)
-  MESSAGE("remote workers gone "
-          << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms after the SIGKILL");
-  reap_orphans(5s);
 }
 
 TEST_CASE("a pool destroyed or shut down at once leaves no remote worker running, even mid-computation") {
