@@ -125,6 +125,10 @@ launcher ssh_launcher(std::string host, const ssh_options& opts) {
   if (!opts.strict_host_key_checking.empty()) option(p, "StrictHostKeyChecking=" + opts.strict_host_key_checking);
   if (!opts.known_hosts_file.empty()) option(p, "UserKnownHostsFile=" + opts.known_hosts_file);
   if (opts.connect_timeout.count() > 0) option(p, "ConnectTimeout=" + std::to_string(opts.connect_timeout.count()));
+  if (opts.server_alive_interval.count() > 0) {
+    option(p, "ServerAliveInterval=" + std::to_string(opts.server_alive_interval.count()));
+    option(p, "ServerAliveCountMax=3");
+  }
   if (!opts.identity_file.empty()) {
     p.emplace_back("-i");
     p.push_back(opts.identity_file);

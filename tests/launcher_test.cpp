@@ -160,6 +160,11 @@ TEST_CASE("ssh_launcher: no pty, never prompts, options before '--', the host la
   CHECK(has(p, "BatchMode=yes"));
   CHECK(has(p, "StrictHostKeyChecking=accept-new"));
   CHECK(has(p, "ConnectTimeout=10"));
+  CHECK(has(p, "ServerAliveInterval=15"));
+  CHECK(has(p, "ServerAliveCountMax=3"));
+  CHECK_FALSE(has(coropipe::ssh_launcher("h", {.connect_timeout = std::chrono::seconds(0),
+                                               .server_alive_interval = std::chrono::seconds(0)}).prefix,
+                  "ServerAliveCountMax=3"));
   CHECK_FALSE(has(p, "ControlMaster=auto"));
 
   const auto cmd = l.command({"/opt/prime pool", "--serve"});

@@ -585,7 +585,8 @@ TEST_CASE("cancellation: a queued and a parked request leave the busy worker alo
                      parked_ec = ec;
                      order.push_back("parked");
                    }));
-    co_await sleep_for(50ms);
+    co_await wait_for([&] { return p.in_flight() == 1; });  // the worker is up
+    co_await sleep_for(20ms);
     CHECK(p.in_flight() == 1);
     CHECK(p.queued() == 1);  // the third waits for room (backpressure)
     // Partial and total cancellation are not supported: nothing happens.
@@ -679,7 +680,7 @@ TEST_CASE("destroying a pool with operations outstanding completes each once wit
         awaited = ec;
         awaited_done = true;
       }, asio::detached);
-      co_await sleep_for(50ms);
+      co_await wait_for([&] { return p.in_flight() == 2; });  // the worker is up
       CHECK(p.in_flight() == 2);
       CHECK(p.queued() == 2);
     }

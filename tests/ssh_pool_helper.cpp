@@ -9,8 +9,11 @@
 //       `ssh -F cfg host --`); submits N requests of X, prints
 //       "submitted N" on stdout, and when every reply is in, "replies N".
 //       The test SIGKILLs it meanwhile.
+//   ssh_pool_helper --pool N X --ssh-config FILE HOST
+//       the same with a launched group: ssh_launcher(HOST, -F FILE).
 //   ssh_pool_helper --print-args ARGS...
 //       writes each argument followed by a NUL byte on stdout (the quoting test).
+#include <coropipe/launcher.hpp>
 #include <coropipe/pool.hpp>
 
 #include <coropipe/asio.hpp>
@@ -40,12 +43,26 @@ std::string self_path() {
   return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
 }
 
-int run_pool(std::size_t n, int x, std::vector<std::string> argv) {
-  argv.push_back(self_path());
-  argv.push_back("--serve");
+coropipe::pool<int, int> make_pool(asio::io_context& io, std::size_t n, std::vector<std::string> launcher) {
+  const std::vector<std::string> worker{self_path(), "--serve"};
+  if (launcher.size() == 3 && launcher[0] == "--ssh-config") {
+    coropipe::ssh_options o;
+    o.program = "/usr/bin/ssh";
+    o.config_file = launcher[1];
+    std::vector<coropipe::worker_group<int, int>> groups;
+    groups.push_back(
+        {.workers = coropipe::pool_workers<int, int>::launched(coropipe::ssh_launcher(launcher[2], o), worker),
+         .count = n});
+    return coropipe::pool<int, int>(io.get_executor(), std::move(groups), {.window = 1});
+  }
+  launcher.insert(launcher.end(), worker.begin(), worker.end());
+  return coropipe::pool<int, int>(io.get_executor(), coropipe::pool_workers<int, int>::spawned(launcher),
+                                  {.workers = n, .window = 1});
+}
+
+int run_pool(std::size_t n, int x, std::vector<std::string> launcher) {
   asio::io_context io;
-  coropipe::pool<int, int> pool(io.get_executor(), coropipe::pool_workers<int, int>::spawned(argv),
-                                {.workers = n, .window = 1});
+  auto pool = make_pool(io, n, std::move(launcher));
   std::size_t replies = 0;
   int code = 0;
   for (std::size_t i = 0; i < n; ++i) {
@@ -80,9 +97,10 @@ int main(int argc, char** argv) {
     std::vector<std::string> launcher;
     int i = 4;
     for (; i < argc && std::string(argv[i]) != "--"; ++i) launcher.push_back(argv[i]);
-    if (i < argc) launcher.push_back("--");
+    if (i < argc) launcher.push_back("--");  // (ssh's end of options)
     return run_pool(static_cast<std::size_t>(std::atoi(argv[2])), std::atoi(argv[3]), launcher);
   }
-  std::fprintf(stderr, "usage: ssh_pool_helper --serve | --pool N X LAUNCHER... -- | --print-args ARGS...\n");
+  std::fprintf(stderr, "usage: ssh_pool_helper --serve | --pool N X LAUNCHER... -- | --pool N X --ssh-config FILE HOST\n"
+                       "       | --print-args ARGS...\n");
   return 2;
 }

@@ -21,6 +21,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -227,30 +228,75 @@ TEST_CASE("killing the local ssh client is detected and the busy remote worker e
 
 TEST_CASE("SIGKILL of the pool's process leaves no remote worker running, even mid-computation") {
   SSH_SERVER_OR_SKIP(server);
-  std::vector<std::string> argv{helper_program, "--pool", "2", "600000"};
-  for (auto& a : server.ssh_argv(ssh_server::host)) argv.push_back(a);
-  auto p = coropipe_test::start_program(argv);
-  // Both remote workers computing (their requests are sent once they run).
-  std::vector<coropipe_test::remote_process> remote;
-  const auto t0 = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - t0 < 30s) {
-    remote = server.processes_running(helper_program + " --serve");
-    if (remote.size() == 2) break;
-    ::usleep(20000);
+  for (const bool launched : {true, false}) {
+    const std::string how = launched ? "a launched group (ssh_launcher)" : "spawned through an ssh prefix";
+    INFO(how);
+    std::vector<std::string> argv{helper_program, "--pool", "2", "600000"};
+    if (launched) {
+      argv.push_back("--ssh-config");
+      argv.push_back(server.config_file());
+      argv.push_back(ssh_server::host);
+    } else {
+      for (auto& a : server.ssh_argv(ssh_server::host)) argv.push_back(a);
+    }
+    auto p = coropipe_test::start_program(argv);
+    // Both remote workers computing (their requests are sent once they run).
+    std::vector<coropipe_test::remote_process> remote;
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - t0 < 30s) {
+      remote = server.processes_running(helper_program + " --serve");
+      if (remote.size() == 2) break;
+      ::usleep(20000);
+    }
+    REQUIRE(remote.size() == 2);
+    ::usleep(500000);  // their requests have arrived: they compute
+    ::kill(p.pid, SIGKILL);
+    const auto killed = std::chrono::steady_clock::now();
+    const auto r = coropipe_test::finish_program(p, 10s);
+    CHECK(r.out == "submitted 2\n");
+    const auto left = server.wait_until_none_running(helper_program, 10s);
+    const auto took = std::chrono::steady_clock::now() - killed;
+    CHECK_MESSAGE(left.empty(), "still running: " << ssh_server::describe(left));
+    CHECK(took < 5s);  // within a few seconds (the helper's ssh clients die with it)
+    MESSAGE("remote workers gone "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms after the SIGKILL");
+    reap_orphans(5s);
   }
-  REQUIRE(remote.size() == 2);
-  ::usleep(500000);  // their requests have arrived: they compute
-  ::kill(p.pid, SIGKILL);
-  const auto killed = std::chrono::steady_clock::now();
-  const auto r = coropipe_test::finish_program(p, 10s);
-  CHECK(r.out == "submitted 2\n");
-  const auto left = server.wait_until_none_running(helper_program, 10s);
-  const auto took = std::chrono::steady_clock::now() - killed;
-  CHECK_MESSAGE(left.empty(), "still running: " << ssh_server::describe(left));
-  CHECK(took < 5s);  // within a few seconds (the helper's ssh clients die with it)
-  MESSAGE("remote workers gone "
-          << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms after the SIGKILL");
-  reap_orphans(5s);
+}
+
+TEST_CASE("a pool destroyed or shut down at once leaves no remote worker running, even mid-computation") {
+  SSH_SERVER_OR_SKIP(server);
+  for (const bool destroy : {true, false}) {
+    const std::string how = destroy ? "destroyed" : "shutdown_mode::immediate";
+    INFO(how);
+    asio::io_context io;
+    int failed = 0;  // (outlives the coroutine: the callbacks run after it)
+    run(io, [&]() -> awaitable<void> {
+      std::vector<int_group> groups;
+      groups.push_back({.workers = remote(server, {helper_program, "--serve"}), .count = 2});
+      auto p = std::make_unique<int_pool>(io.get_executor(), std::move(groups), coropipe::pool_options{.window = 1});
+      for (int i = 0; i < 4; ++i)
+        p->async_submit(i < 2 ? 1 : 600000, [&](coropipe::error_code ec, int) { failed += ec ? 1 : 0; });
+      // Both remote workers up and computing (a minute each).
+      CHECK(co_await eventually([&] { return server.processes_running(helper_program).size() == 2; }, 30000ms));
+      co_await sleep_for(300ms);
+      if (destroy) {
+        p.reset();  // SIGKILL to the ssh clients, reaped at once
+      } else {
+        co_await p->async_shutdown(coropipe::shutdown_mode::immediate, use_awaitable);
+        p.reset();
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto left = server.wait_until_none_running(helper_program, 5s);
+      CHECK_MESSAGE(left.empty(), "still running: " << ssh_server::describe(left));
+      MESSAGE("remote workers gone " << std::chrono::duration_cast<std::chrono::milliseconds>(
+                                            std::chrono::steady_clock::now() - t0)
+                                            .count()
+                                     << " ms after the pool ended");
+    }());
+    io.run();  // the callbacks of the failed requests
+    CHECK(failed >= 2);  // at least the two long ones: pool_closed
+  }
 }
 
 TEST_CASE("quoting: arguments with spaces, quotes, dollars, semicolons and newlines arrive byte-exact through ssh") {
@@ -412,8 +458,8 @@ TEST_CASE("mixed local and remote workers share the requests") {
     CHECK(co_await eventually([&] { return server.processes_running(worker_program).size() == 2; }, 30000ms));
     co_await submit_many(p, 2000);
     // Requests of 30 ms each, one per worker at a time: every worker takes
-    // some (tiny ones may all be answered by the local workers while a
-    // remote reply crosses ssh, whose connection is not TCP_NODELAY).
+    // some (tiny ones may all be answered by the local workers while one
+    // remote round trip crosses ssh).
     int done = 0, wrong = 0;
     for (int i = 0; i < 40; ++i)
       p.async_submit(-30, [&](coropipe::error_code ec, int r) {

@@ -53,7 +53,8 @@ namespace coropipe {
 
 /// How ssh_launcher() runs ssh. The defaults never prompt (BatchMode), accept
 /// the key of a host seen for the first time and refuse a changed one
-/// (StrictHostKeyChecking=accept-new), and give up connecting after 10 s.
+/// (StrictHostKeyChecking=accept-new), give up connecting after 10 s, and
+/// on a host that stops answering after about 45 s.
 struct ssh_options {
   /// The ssh client program.
   std::string program = "ssh";
@@ -73,6 +74,11 @@ struct ssh_options {
   bool batch_mode = true;
   /// `-o ConnectTimeout=`; zero: not given.
   std::chrono::seconds connect_timeout{10};
+  /// `-o ServerAliveInterval=` with `ServerAliveCountMax=3`: ssh gives up on
+  /// a host that stops answering (crashed, cut off) after about 3 times
+  /// this, so its workers' requests fail or are retried instead of waiting
+  /// forever; zero: not given (ssh's default: never).
+  std::chrono::seconds server_alive_interval{15};
   /// One connection for all workers on the host: `ControlMaster=auto`,
   /// `ControlPersist=60` and a ControlPath. sshd refuses connections beyond
   /// MaxStartups (10:30:100 by default) while they authenticate, so use it
