@@ -211,6 +211,16 @@ TEST_CASE("command_launcher: the argv appended as it is, labelled") {
   CHECK(k.command({"w"}).back() == "w");
   CHECK_THROWS_AS((void)coropipe::command_launcher({}), std::invalid_argument);
   CHECK_THROWS_AS((void)l.command({}), std::invalid_argument);
+  // The docs' Slurm and Kubernetes launchers (chapter 4, "More machines").
+  // [docs:launcher-slurm-k8s]
+  auto slurm = coropipe::command_launcher({"srun", "--ntasks=1", "--quiet"}, "slurm");
+  auto pod = coropipe::command_launcher({"kubectl", "exec", "-i", "workers-0", "--"}, "workers-0");
+  // [docs:end]
+  CHECK(slurm.command({"/opt/w", "--serve"}) ==
+        std::vector<std::string>{"srun", "--ntasks=1", "--quiet", "/opt/w", "--serve"});
+  CHECK(pod.command({"/opt/w", "--serve"}) ==
+        std::vector<std::string>{"kubectl", "exec", "-i", "workers-0", "--", "/opt/w", "--serve"});
+  CHECK(pod.host == "workers-0");
 }
 
 TEST_CASE("classify_launch_failure: ssh's own failures (255) told apart by its messages") {
