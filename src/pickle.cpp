@@ -810,18 +810,19 @@ class encoder {
 public:
   // Writes through a cursor into @p out, grown ahead (no per-byte
   // push_back); @p out is cut to what was written when run() ends.
-  encoder(std::vector<std::byte>& out, const pickle_options& opts) : out_(out), opts_(opts), pos_(out.size()) {}
+  encoder(std::vector<std::byte>& out, const pickle_options& opts)
+      : out_(out), opts_(opts), cur_(out.data() + out.size()), lim_(cur_) {}
 
   void run(const pyobject& v) {
     put(0x80);
     put(4);
-    const std::size_t frame_at = pos_;
+    const std::size_t frame_at = written();
     put(0x95);
     put_le(0, 8);
-    const std::size_t body = pos_;
+    const std::size_t body = written();
     save(v, 0);
     put('.');
-    out_.resize(pos_);
+    out_.resize(written());
     const std::size_t n = out_.size() - body;
     if (n < 4) {
       out_.erase(out_.begin() + static_cast<std::ptrdiff_t>(frame_at), out_.begin() + static_cast<std::ptrdiff_t>(body));
@@ -833,11 +834,18 @@ public:
 private:
   // Room for @p n bytes at the cursor; returns where they go, the cursor moved past them.
   std::byte* room(std::size_t n) {
-    if (out_.size() - pos_ < n) out_.resize(std::max(pos_ + n + 256, 2 * out_.size()));
-    std::byte* at = out_.data() + pos_;
-    pos_ += n;
+    if (static_cast<std::size_t>(lim_ - cur_) < n) grow(n);
+    std::byte* at = cur_;
+    cur_ += n;
     return at;
   }
+  [[gnu::noinline]] void grow(std::size_t n) {
+    const std::size_t pos = written();
+    out_.resize(std::max(pos + n + 256, 2 * out_.size()));
+    cur_ = out_.data() + pos;
+    lim_ = out_.data() + out_.size();
+  }
+  std::size_t written() const noexcept { return static_cast<std::size_t>(cur_ - out_.data()); }
   void put(unsigned v) { *room(1) = static_cast<std::byte>(v); }
   void put_le(std::uint64_t v, int n) {
     std::byte* at = room(static_cast<std::size_t>(n));
@@ -1050,7 +1058,8 @@ private:
 
   std::vector<std::byte>& out_;
   const pickle_options& opts_;
-  std::size_t pos_;  // the cursor: bytes of out_ written so far
+  std::byte* cur_;  // the cursor in out_
+  std::byte* lim_;  // the end of out_'s bytes
   std::unordered_map<const void*, std::uint32_t> memo_;
 };
 
@@ -1147,7 +1156,7 @@ bool fast_skip_memo(const unsigned char*& p, const unsigned char* end) {
 // Assigns in place: the same length again (the usual case, message after
 // message) is one copy into the string's own storage.
 template <typename T>
-void assign_text(access::storage_t& v, std::string_view text) {
+[[gnu::always_inline]] inline void assign_text(access::storage_t& v, std::string_view text) {
   if (auto* s = std::get_if<T>(&v)) {
     if (s->s.size() != text.size()) s->s.assign(text.data(), text.size());
     else if (!text.empty()) std::memcpy(s->s.data(), text.data(), text.size());
@@ -1263,8 +1272,13 @@ public:
     if (p == end || n_ == fast_max_items) return false;
     std::string_view key;
     const bool counted = *p == 0x8c ? fast_counted<1>(p, end, key) : fast_counted(p, end, str_width(*p), key);
-    if (!counted || !fast_valid_utf8(key, end) || !fast_skip_memo(p, end)) return false;
+    if (!counted) return false;
     const key_print print = fingerprint(key, end);
+    // A key of up to eight bytes is ASCII, hence valid, when its fingerprint
+    // (those bytes, the rest zero) has no high bit.
+    const bool ascii = key.size() <= 8 && (print.head & 0x8080808080808080ULL) == 0 &&
+                       std::endian::native == std::endian::little;
+    if ((!ascii && !fast_valid_utf8(key, end)) || !fast_skip_memo(p, end)) return false;
     // One bit per fingerprint in a 64-bit filter: a key whose bit is new is
     // new; otherwise the keys so far are compared.
     const std::uint64_t bit = std::uint64_t{1} << (((print.head ^ print.size) * 0x9E3779B97F4A7C15ULL) >> 58);
