@@ -806,6 +806,25 @@ pyobject decoder::run() {
 
 // --- encoder ----------------------------------------------------------------------------
 
+// memcpy for short strings without a call: two overlapping fixed-size
+// copies, each within the n bytes.
+inline void copy_short(char* d, const char* s, std::size_t n) noexcept {
+  if (n > 16) {
+    std::memcpy(d, s, n);
+  } else if (n >= 8) {
+    std::memcpy(d, s, 8);
+    std::memcpy(d + n - 8, s + n - 8, 8);
+  } else if (n >= 4) {
+    std::memcpy(d, s, 4);
+    std::memcpy(d + n - 4, s + n - 4, 4);
+  } else if (n >= 2) {
+    std::memcpy(d, s, 2);
+    std::memcpy(d + n - 2, s + n - 2, 2);
+  } else if (n == 1) {
+    d[0] = s[0];
+  }
+}
+
 class encoder {
 public:
   // Writes through a cursor into @p out, grown ahead (no per-byte
@@ -859,7 +878,7 @@ private:
       std::byte* at = room(2 + s.size());
       at[0] = static_cast<std::byte>(short1);
       at[1] = static_cast<std::byte>(s.size());
-      if (!s.empty()) std::memcpy(at + 2, s.data(), s.size());
+      copy_short(reinterpret_cast<char*>(at + 2), s.data(), s.size());
       return;
     }
     if (s.size() <= 0xFFFFFFFFULL) {
@@ -1159,7 +1178,7 @@ template <typename T>
 [[gnu::always_inline]] inline void assign_text(access::storage_t& v, std::string_view text) {
   if (auto* s = std::get_if<T>(&v)) {
     if (s->s.size() != text.size()) s->s.assign(text.data(), text.size());
-    else if (!text.empty()) std::memcpy(s->s.data(), text.data(), text.size());
+    else copy_short(s->s.data(), text.data(), text.size());
   } else {
     v = T{std::string(text)};
   }
