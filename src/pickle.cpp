@@ -808,7 +808,7 @@ pyobject decoder::run() {
 
 // memcpy for short strings without a call: two overlapping fixed-size
 // copies, each within the n bytes.
-inline void copy_short(char* d, const char* s, std::size_t n) noexcept {
+[[gnu::always_inline]] inline void copy_short(char* d, const char* s, std::size_t n) noexcept {
   if (n > 16) {
     std::memcpy(d, s, n);
   } else if (n >= 8) {
