@@ -32,10 +32,14 @@ constexpr const char* python_message =
 coropipe::pyobject message() {
   coropipe::pydict d;
   for (int i = 0; i < 10; ++i) {
-    const std::string key = "k" + std::to_string(i);
+    // Appended, not "k" + ...: GCC 12 warns (-Wrestrict, a false positive) at -O2.
+    std::string key = "k";
+    key += std::to_string(i);
+    std::string text = "s";
+    text += std::to_string(i);
     if (i % 3 == 0) d.insert_or_assign(key, i);
     else if (i % 3 == 1) d.insert_or_assign(key, i * 0.5);
-    else d.insert_or_assign(key, "s" + std::to_string(i));
+    else d.insert_or_assign(key, text);
   }
   return coropipe::pyobject::dict(std::move(d));
 }
@@ -105,10 +109,13 @@ namespace {
 nlohmann::json json_message() {
   nlohmann::json j = nlohmann::json::object();
   for (int i = 0; i < 10; ++i) {
-    const std::string key = "k" + std::to_string(i);
+    std::string key = "k";  // appended: see message()
+    key += std::to_string(i);
+    std::string text = "s";
+    text += std::to_string(i);
     if (i % 3 == 0) j[key] = i;
     else if (i % 3 == 1) j[key] = i * 0.5;
-    else j[key] = "s" + std::to_string(i);
+    else j[key] = text;
   }
   return j;
 }

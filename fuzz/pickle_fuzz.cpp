@@ -2,7 +2,8 @@
 // Fuzz target for the pickle decoder.
 //
 // Any input either decodes or fails with decode_failed / nesting_too_deep
-// (never a crash, a hang, or memory far beyond the input's size). What
+// (never a crash, a hang, or memory far beyond the input's size), the same
+// through pickle_load() (fast path, storage reused) as through pickle_loads(). What
 // decodes must survive the rest of the value's life: repr(), hashing,
 // equality, conversion to C++ types, and encoding, whose output decodes to
 // an equal value and encodes again to the same bytes.
@@ -49,6 +50,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::span<const std::byte> in(reinterpret_cast<const std::byte*>(data), size);
   coropipe::error_code ec;
   const coropipe::pyobject v = coropipe::pickle_loads(in, ec);
+  // pickle_load() into a value kept from the previous input (its fast path
+  // reuses that value's dict) must agree with pickle_loads().
+  static coropipe::pyobject reused;
+  coropipe::error_code reused_ec;
+  coropipe::pickle_load(in, reused, reused_ec);
+  if (reused_ec != ec || (ec && !reused.is_none()) || (!ec && !(reused == v))) {
+    std::fprintf(stderr, "pickle_load and pickle_loads disagree\n");
+    std::abort();
+  }
   if (ec) {
     if (ec != coropipe::errc::decode_failed && ec != coropipe::errc::nesting_too_deep) std::abort();
     if (coropipe::last_decode_error().rfind("pickle: ", 0) != 0) std::abort();

@@ -16,6 +16,7 @@
 #include "pickle_internal.hpp"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <charconv>
 #include <cmath>
@@ -805,19 +806,42 @@ pyobject decoder::run() {
 
 // --- encoder ----------------------------------------------------------------------------
 
+// memcpy for short strings without a call: two overlapping fixed-size
+// copies, each within the n bytes.
+[[gnu::always_inline]] inline void copy_short(char* d, const char* s, std::size_t n) noexcept {
+  if (n > 16) {
+    std::memcpy(d, s, n);
+  } else if (n >= 8) {
+    std::memcpy(d, s, 8);
+    std::memcpy(d + n - 8, s + n - 8, 8);
+  } else if (n >= 4) {
+    std::memcpy(d, s, 4);
+    std::memcpy(d + n - 4, s + n - 4, 4);
+  } else if (n >= 2) {
+    std::memcpy(d, s, 2);
+    std::memcpy(d + n - 2, s + n - 2, 2);
+  } else if (n == 1) {
+    d[0] = s[0];
+  }
+}
+
 class encoder {
 public:
-  encoder(std::vector<std::byte>& out, const pickle_options& opts) : out_(out), opts_(opts) {}
+  // Writes through a cursor into @p out, grown ahead (no per-byte
+  // push_back); @p out is cut to what was written when run() ends.
+  encoder(std::vector<std::byte>& out, const pickle_options& opts)
+      : out_(out), opts_(opts), cur_(out.data() + out.size()), lim_(cur_) {}
 
   void run(const pyobject& v) {
     put(0x80);
     put(4);
-    const std::size_t frame_at = out_.size();
+    const std::size_t frame_at = written();
     put(0x95);
-    for (int i = 0; i < 8; ++i) put(0);
-    const std::size_t body = out_.size();
+    put_le(0, 8);
+    const std::size_t body = written();
     save(v, 0);
     put('.');
+    out_.resize(written());
     const std::size_t n = out_.size() - body;
     if (n < 4) {
       out_.erase(out_.begin() + static_cast<std::ptrdiff_t>(frame_at), out_.begin() + static_cast<std::ptrdiff_t>(body));
@@ -827,19 +851,37 @@ public:
   }
 
 private:
-  void put(unsigned v) { out_.push_back(static_cast<std::byte>(v)); }
+  // Room for @p n bytes at the cursor; returns where they go, the cursor moved past them.
+  std::byte* room(std::size_t n) {
+    if (static_cast<std::size_t>(lim_ - cur_) < n) grow(n);
+    std::byte* at = cur_;
+    cur_ += n;
+    return at;
+  }
+  [[gnu::noinline]] void grow(std::size_t n) {
+    const std::size_t pos = written();
+    out_.resize(std::max(pos + n + 256, 2 * out_.size()));
+    cur_ = out_.data() + pos;
+    lim_ = out_.data() + out_.size();
+  }
+  std::size_t written() const noexcept { return static_cast<std::size_t>(cur_ - out_.data()); }
+  void put(unsigned v) { *room(1) = static_cast<std::byte>(v); }
   void put_le(std::uint64_t v, int n) {
-    for (int i = 0; i < n; ++i) put(static_cast<unsigned>((v >> (8 * i)) & 0xFF));
+    std::byte* at = room(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) at[i] = static_cast<std::byte>((v >> (8 * i)) & 0xFF);
   }
   void put_bytes(std::string_view s) {
-    const auto* p = reinterpret_cast<const std::byte*>(s.data());
-    out_.insert(out_.end(), p, p + s.size());
+    if (!s.empty()) std::memcpy(room(s.size()), s.data(), s.size());
   }
   void put_counted(std::string_view s, unsigned short1, unsigned long4, unsigned long8) {
     if (s.size() < 256) {
-      put(short1);
-      put(static_cast<unsigned>(s.size()));
-    } else if (s.size() <= 0xFFFFFFFFULL) {
+      std::byte* at = room(2 + s.size());
+      at[0] = static_cast<std::byte>(short1);
+      at[1] = static_cast<std::byte>(s.size());
+      copy_short(reinterpret_cast<char*>(at + 2), s.data(), s.size());
+      return;
+    }
+    if (s.size() <= 0xFFFFFFFFULL) {
       put(long4);
       put_le(s.size(), 4);
     } else {
@@ -922,6 +964,25 @@ private:
 
   void save(const pyobject& v, std::size_t depth) {
     const auto& s = access::storage(v);
+    // The common scalars first, straight from the storage.
+    if (const auto* str = std::get_if<access::str_t>(&s)) return put_counted(str->s, 0x8c, 'X', 0x8d);
+    if (const auto* i = std::get_if<std::int64_t>(&s)) {
+      const std::int64_t x = *i;
+      if (x >= 0 && x < 256) {
+        std::byte* at = room(2);
+        at[0] = std::byte{'K'};
+        at[1] = static_cast<std::byte>(x);
+        return;
+      }
+      return save_int(v);
+    }
+    if (const auto* d = std::get_if<double>(&s)) {
+      std::byte* at = room(9);
+      at[0] = std::byte{'G'};
+      const std::uint64_t be = __builtin_bswap64(std::bit_cast<std::uint64_t>(*d));
+      std::memcpy(at + 1, &be, 8);
+      return;
+    }
     switch (v.kind()) {
     case pykind::none: put('N'); return;
     case pykind::bool_: put(v.as_bool() ? 0x88 : 0x89); return;
@@ -1016,10 +1077,323 @@ private:
 
   std::vector<std::byte>& out_;
   const pickle_options& opts_;
+  std::byte* cur_;  // the cursor in out_
+  std::byte* lim_;  // the end of out_'s bytes
   std::unordered_map<const void*, std::uint32_t> memo_;
 };
 
 } // namespace
+
+namespace {
+
+// --- the fast path: a flat dict of str keys ----------------------------------------------
+//
+// The usual message, `{'id': 7, 'name': 'x', ...}` as Python's pickle
+// writes it in protocols 1 to 5: PROTO, FRAME, EMPTY_DICT, then MARK, pairs
+// of a str key and a scalar, str or bytes value, SETITEMS (or one pair and
+// SETITEM), memo stores after any object, STOP. Decoded straight into the
+// dict @p out holds, keys and strs assigned in place (no allocation once
+// warm, short strings inline). Anything else, or anything this path is not
+// sure of (a memo fetch, a duplicate key, a non-ASCII byte that might be
+// invalid UTF-8, more than 16 items, truncation), returns false and the
+// general decoder starts over: it accepts or refuses exactly what it always
+// did, with its error messages. What this path accepts, the general decoder
+// decodes to an equal value.
+
+constexpr std::size_t fast_max_items = 16;  // pydict scans up to this many keys: no hash index
+
+std::uint64_t load_le(const unsigned char* p, std::size_t n) noexcept {
+  std::uint64_t v = 0;
+  for (std::size_t k = n; k-- > 0;) v = (v << 8) | p[k];
+  return v;
+}
+
+template <std::size_t N>
+std::uint64_t load_le(const unsigned char* p) noexcept {
+  if constexpr (N == 1) {
+    return p[0];
+  } else if constexpr (std::endian::native == std::endian::little) {
+    std::uint64_t v = 0;
+    std::memcpy(&v, p, N);
+    return v;
+  } else {
+    std::uint64_t v = 0;
+    for (std::size_t k = N; k-- > 0;) v = (v << 8) | p[k];
+    return v;
+  }
+}
+
+// A counted str or bytes at @p p (opcode included): its text, and p moved past it.
+template <std::size_t Width>
+bool fast_counted(const unsigned char*& p, const unsigned char* end, std::string_view& out) {
+  if (static_cast<std::size_t>(end - p) < 1 + Width) return false;
+  const std::uint64_t n = load_le<Width>(p + 1);
+  const unsigned char* at = p + 1 + Width;
+  if (n > static_cast<std::uint64_t>(end - at)) return false;
+  out = {reinterpret_cast<const char*>(at), static_cast<std::size_t>(n)};
+  p = at + n;
+  return true;
+}
+
+bool fast_counted(const unsigned char*& p, const unsigned char* end, std::size_t width, std::string_view& out) {
+  switch (width) {
+  case 1: return fast_counted<1>(p, end, out);
+  case 4: return fast_counted<4>(p, end, out);
+  case 8: return fast_counted<8>(p, end, out);
+  default: return false;
+  }
+}
+
+std::size_t str_width(unsigned char op) noexcept {
+  switch (op) {
+  case 0x8c: return 1;  // SHORT_BINUNICODE
+  case 'X': return 4;   // BINUNICODE
+  case 0x8d: return 8;  // BINUNICODE8
+  default: return 0;
+  }
+}
+
+std::size_t bytes_width(unsigned char op) noexcept {
+  switch (op) {
+  case 'C': return 1;   // SHORT_BINBYTES
+  case 'B': return 4;   // BINBYTES
+  case 0x8e: return 8;  // BINBYTES8
+  default: return 0;
+  }
+}
+
+// MEMOIZE, BINPUT or LONG_BINPUT after an object: nothing fetches from the
+// memo on this path, so the stores are skipped.
+bool fast_skip_memo(const unsigned char*& p, const unsigned char* end) {
+  if (p == end) return true;
+  const std::size_t skip = *p == 0x94 ? 1 : *p == 'q' ? 2 : *p == 'r' ? 5 : 0;
+  if (static_cast<std::size_t>(end - p) < skip) return false;
+  p += skip;
+  return true;
+}
+
+// Assigns in place: the same length again (the usual case, message after
+// message) is one copy into the string's own storage.
+template <typename T>
+[[gnu::always_inline]] inline void assign_text(access::storage_t& v, std::string_view text) {
+  if (auto* s = std::get_if<T>(&v)) {
+    if (s->s.size() != text.size()) s->s.assign(text.data(), text.size());
+    else copy_short(s->s.data(), text.data(), text.size());
+  } else {
+    v = T{std::string(text)};
+  }
+}
+
+// ASCII is valid UTF-8: eight bytes at a time (a short string in one load
+// when the message holds eight bytes from its start); anything else is
+// checked in full.
+bool fast_valid_utf8(std::string_view s, const unsigned char* end) noexcept {
+  if (s.size() <= 8 && end - reinterpret_cast<const unsigned char*>(s.data()) >= 8) {
+    std::uint64_t w;
+    std::memcpy(&w, s.data(), 8);
+    const std::uint64_t bits = s.size() == 8 ? 0x8080808080808080ULL : (std::uint64_t{1} << (8 * s.size())) - 1;
+    if constexpr (std::endian::native == std::endian::little)
+      if ((w & bits & 0x8080808080808080ULL) == 0) return true;
+    return detail::valid_utf8(s);
+  }
+  std::size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, s.data() + i, 8);
+    if ((w & 0x8080808080808080ULL) != 0) return detail::valid_utf8(s);
+  }
+  for (; i < s.size(); ++i)
+    if ((static_cast<unsigned char>(s[i]) & 0x80) != 0) return detail::valid_utf8(s);
+  return true;
+}
+
+// A key's length and its first eight bytes: equal keys have equal
+// fingerprints, and keys of up to eight bytes are equal when theirs are.
+struct key_print {
+  std::uint64_t head;
+  std::size_t size;
+  friend bool operator==(const key_print&, const key_print&) = default;
+};
+
+key_print fingerprint(std::string_view k, const unsigned char* end) noexcept {
+  std::uint64_t head = 0;
+  if constexpr (std::endian::native == std::endian::little) {
+    if (end - reinterpret_cast<const unsigned char*>(k.data()) >= 8) {
+      std::memcpy(&head, k.data(), 8);
+      if (k.size() < 8) head &= (std::uint64_t{1} << (8 * k.size())) - 1;  // the first k.size() bytes
+      return {head, k.size()};
+    }
+  }
+  std::memcpy(&head, k.data(), std::min<std::size_t>(k.size(), 8));
+  return {head, k.size()};
+}
+
+bool fast_value(const unsigned char*& p, const unsigned char* end, access::storage_t& v) {
+  if (p == end) return false;
+  const unsigned char op = *p;
+  const std::size_t left = static_cast<std::size_t>(end - p) - 1;
+  switch (op) {
+  case 'N': v = std::monostate{}; p += 1; return true;
+  case 0x88: v = true; p += 1; return true;
+  case 0x89: v = false; p += 1; return true;
+  case 'K':
+    if (left < 1) return false;
+    v = static_cast<std::int64_t>(p[1]);
+    p += 2;
+    return true;
+  case 'M':
+    if (left < 2) return false;
+    v = static_cast<std::int64_t>(load_le<2>(p + 1));
+    p += 3;
+    return true;
+  case 'J':
+    if (left < 4) return false;
+    v = static_cast<std::int64_t>(static_cast<std::int32_t>(static_cast<std::uint32_t>(load_le<4>(p + 1))));
+    p += 5;
+    return true;
+  case 0x8a: {  // LONG1 of up to 8 bytes: an int64, as the general decoder makes it
+    if (left < 1) return false;
+    const std::size_t n = p[1];
+    if (n > 8 || left - 1 < n) return false;
+    std::uint64_t x = load_le(p + 2, n);
+    if (n > 0 && n < 8 && (p[1 + n] & 0x80) != 0) x |= ~std::uint64_t{0} << (8 * n);
+    v = static_cast<std::int64_t>(x);
+    p += 2 + n;
+    return true;
+  }
+  case 'G':
+    if (left < 8) return false;
+    v = std::bit_cast<double>(__builtin_bswap64(load_le<8>(p + 1)));
+    p += 9;
+    return true;
+  default: break;
+  }
+  std::string_view text;
+  if (const std::size_t w = str_width(op)) {
+    if (!fast_counted(p, end, w, text) || !fast_valid_utf8(text, end)) return false;
+    assign_text<access::str_t>(v, text);
+    return true;
+  }
+  if (const std::size_t w = bytes_width(op)) {
+    if (!fast_counted(p, end, w, text)) return false;
+    assign_text<access::bytes_t>(v, text);
+    return true;
+  }
+  return false;
+}
+
+class fast_dict {
+public:
+  fast_dict(std::vector<pydict::value_type>& items) : items_(items) {}
+
+  // One key and its value, memo stores included.
+  bool pair(const unsigned char*& p, const unsigned char* end) {
+    if (p == end || n_ == fast_max_items) return false;
+    std::string_view key;
+    const bool counted = *p == 0x8c ? fast_counted<1>(p, end, key) : fast_counted(p, end, str_width(*p), key);
+    if (!counted) return false;
+    const key_print print = fingerprint(key, end);
+    // A key of up to eight bytes is ASCII, hence valid, when its fingerprint
+    // (those bytes, the rest zero) has no high bit.
+    const bool ascii = key.size() <= 8 && (print.head & 0x8080808080808080ULL) == 0 &&
+                       std::endian::native == std::endian::little;
+    if ((!ascii && !fast_valid_utf8(key, end)) || !fast_skip_memo(p, end)) return false;
+    // One bit per fingerprint in a 64-bit filter: a key whose bit is new is
+    // new; otherwise the keys so far are compared.
+    const std::uint64_t bit = std::uint64_t{1} << (((print.head ^ print.size) * 0x9E3779B97F4A7C15ULL) >> 58);
+    if ((seen_ & bit) != 0) {
+      for (std::size_t i = 0; i < n_; ++i)
+        if (prints_[i] == print && (key.size() <= 8 || keys_[i] == key))
+          return false;  // a duplicate: Python keeps the first position, the general path does that
+    }
+    seen_ |= bit;
+    keys_[n_] = key;
+    prints_[n_] = print;
+    if (n_ == items_.size()) items_.emplace_back();
+    auto& [k, x] = items_[n_];
+    assign_text<access::str_t>(access::storage(k), key);
+    if (!fast_value(p, end, access::storage(x)) || !fast_skip_memo(p, end)) return false;
+    ++n_;
+    return true;
+  }
+
+  void finish() { items_.erase(items_.begin() + static_cast<std::ptrdiff_t>(n_), items_.end()); }
+
+private:
+  std::vector<pydict::value_type>& items_;
+  std::array<std::string_view, fast_max_items> keys_;
+  std::array<key_print, fast_max_items> prints_;
+  std::uint64_t seen_ = 0;
+  std::size_t n_ = 0;
+};
+
+bool decode_fast(std::span<const std::byte> data, pyobject& out, const pickle_options& options) {
+  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+  const auto* end = p + data.size();
+  if (options.max_depth < 1) return false;
+  if (end - p >= 2 && p[0] == 0x80) {
+    if (p[1] > 5) return false;
+    p += 2;
+  }
+  if (end - p >= 9 && p[0] == 0x95) {
+    if (load_le<8>(p + 1) > static_cast<std::uint64_t>(end - p - 9)) return false;
+    p += 9;
+  }
+  if (p == end || *p != '}') return false;
+  ++p;
+  if (!fast_skip_memo(p, end)) return false;
+  auto& v = access::storage(out);
+  auto* node = std::get_if<access::dict_p>(&v);
+  if (node == nullptr || node->use_count() != 1) {
+    v = std::make_shared<detail::pydict_node>();
+    node = std::get_if<access::dict_p>(&v);
+  }
+  detail::pydict_node& n = **node;
+  n.depth = 1;
+  n.shared = false;
+  n.unshareable = false;
+  access::index(n.dict).slots.clear();
+  fast_dict d(access::items(n.dict));
+  for (;;) {
+    if (p == end) return false;
+    if (*p == '.') {
+      if (++p != end) return false;
+      break;
+    }
+    if (*p == '(') {
+      ++p;
+      for (;;) {
+        if (p == end) return false;
+        if (*p == 'u') {
+          ++p;
+          break;
+        }
+        if (!d.pair(p, end)) return false;
+      }
+      continue;
+    }
+    if (!d.pair(p, end) || p == end || *p != 's') return false;
+    ++p;
+  }
+  d.finish();
+  return true;
+}
+
+} // namespace
+
+void pickle_load(std::span<const std::byte> data, pyobject& out, error_code& ec, const pickle_options& options) {
+  if (decode_fast(data, out, options)) {
+    ec = {};
+    return;
+  }
+  out = pickle_loads(data, ec, options);
+}
+
+void pickle_load(std::span<const std::byte> data, pyobject& out, const pickle_options& options) {
+  error_code ec;
+  pickle_load(data, out, ec, options);
+  if (ec) throw decode_error(ec, std::string(last_decode_error()));
+}
 
 pyobject pickle_loads(std::span<const std::byte> data, error_code& ec, const pickle_options& options) {
   try {

@@ -27,6 +27,9 @@ struct pickle_access {
   static void unshare_after_copy(pyobject& o);
   static pyobject::storage& storage(pyobject& o) noexcept { return o.v_; }
   static const pyobject::storage& storage(const pyobject& o) noexcept { return o.v_; }
+  static std::vector<pydict::value_type>& items(pydict& d) noexcept { return d.items_; }
+  static pyhashed_index& index(pydict& d) noexcept { return d.index_; }
+  using storage_t = pyobject::storage;
   using str_t = pyobject::str_t;
   using bytes_t = pyobject::bytes_t;
   using bytearray_t = pyobject::bytearray_t;

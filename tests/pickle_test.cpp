@@ -26,6 +26,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <utility>
 #include <unordered_map>
 #include <variant>
 #include <vector>
@@ -272,6 +273,7 @@ TEST_CASE("pickle: Python's pickles of every type, all protocols, decode to Pyth
     REQUIRE(r.wait_status == 0);
     std::size_t count = 0;
     std::string reply;
+    pyobject reused;
     for (const auto& line : split(r.out, '\n')) {
       const auto f = split(line, ' ');
       REQUIRE(f.size() == 4);
@@ -284,6 +286,11 @@ TEST_CASE("pickle: Python's pickles of every type, all protocols, decode to Pyth
       const pyobject v = coropipe::pickle_loads(data, ec);
       REQUIRE_MESSAGE(!ec, coropipe::last_decode_error());
       if (want.size() < 100000) CHECK(v.repr() == want);
+      // pickle_load() into the value of the line before (its storage reused
+      // when both are flat dicts) gives the same value.
+      coropipe::pickle_load(data, reused, ec);
+      CHECK_FALSE(ec);
+      CHECK(reused == v);
       if (f[1] == "4") reply += f[0] + " " + hex(coropipe::pickle_dumps(v)) + "\n";
       ++count;
     }
@@ -293,6 +300,80 @@ TEST_CASE("pickle: Python's pickles of every type, all protocols, decode to Pyth
     CHECK_MESSAGE(back.wait_status == 0, (back.out + back.err));
     CHECK(back.out.find("FAIL") == std::string::npos);
   }
+}
+
+TEST_CASE("pickle_load: a flat dict decodes into the dict it is given; copies are untouched; anything else as pickle_loads") {
+  // Written by Python 3.11's pickle.dumps(..., 4) (memo and frame included).
+  const auto typical = unhex(
+      "80049569000000000000007d94288c026b30944b008c026b3194473fe00000000000008c026b32948c027332948c026b33944b03"
+      "8c026b34944740000000000000008c026b35948c027335948c026b36944b068c026b379447400c0000000000008c026b38948c02"
+      "7338948c026b39944b09752e");
+  // {'é': 1, 'k😀': 2.5, 'n': None, 't': True, 'f': False, 'big': 2**40, 'neg': -2**63, 'm': 65535, 'j': -7, 'b': b'by'}
+  const auto kinds = unhex(
+      "80049563000000000000007d94288c02c3a9944b018c056bf09f9880944740040000000000008c016e944e8c017494888c016694"
+      "898c03626967948a060000000000018c036e6567948a0800000000000000808c016d944dffff8c016a944af9ffffff8c01629443"
+      "02627994752e");
+  const auto one_item = unhex("8004950c000000000000007d948c036f6e65944b01732e");  // {'one': 1}: SETITEM
+  const auto protocol1 = unhex("7d710058030000006f6e6571014b01732e");              // {'one': 1}, protocol 1
+  const auto shared_str = unhex("80049515000000000000007d94288c0161948c0378797a948c0162946802752e");  // memo GET
+  const auto seventeen = unhex(
+      "80049583000000000000007d94288c026b30944b008c026b31944b018c026b32944b028c026b33944b038c026b34944b048c026b"
+      "35944b058c026b36944b068c026b37944b078c026b38944b088c026b39944b098c036b3130944b0a8c036b3131944b0b8c036b31"
+      "32944b0c8c036b3133944b0d8c036b3134944b0e8c036b3135944b0f8c036b3136944b10752e");
+  const auto duplicate = unhex("80047d94288c016b4b018c016a4b028c016b4b03752e");  // {'k': 1, 'j': 2, 'k': 3}
+  const auto empty = unhex("80047d942e");
+  const auto list = unhex("80045d94284b014b02652e");
+
+  pyobject out;
+  for (const auto* data : {&typical, &kinds, &one_item, &protocol1, &shared_str, &seventeen, &duplicate, &empty,
+                           &list, &typical, &empty, &kinds, &typical}) {
+    CAPTURE(hex(*data));
+    const pyobject want = coropipe::pickle_loads(*data);
+    const pyobject before = out;  // a copy shares out's storage: it must not change
+    const std::string before_repr = before.repr();
+    coropipe::pickle_load(*data, out);
+    CHECK(out == want);
+    CHECK(out.repr() == want.repr());
+    CHECK(before.repr() == before_repr);
+  }
+  CHECK(coropipe::pickle_loads(duplicate).repr() == "{'k': 3, 'j': 2}");
+  CHECK(coropipe::pickle_loads(kinds).repr() ==
+        "{'é': 1, 'k😀': 2.5, 'n': None, 't': True, 'f': False, 'big': 1099511627776, "
+        "'neg': -9223372036854775808, 'm': 65535, 'j': -7, 'b': b'by'}");
+
+  // Reused storage: decoding the same message again keeps the dict's node.
+  coropipe::pickle_load(typical, out);
+  const coropipe::pydict* node = &out.as_dict();
+  coropipe::pickle_load(typical, out);
+  CHECK(&std::as_const(out).as_dict() == node);
+
+  // Every truncation, and a key that is not UTF-8: the error pickle_loads
+  // gives, and None left in out.
+  for (std::size_t n = 0; n < typical.size(); ++n) {
+    CAPTURE(n);
+    const std::span<const std::byte> cut(typical.data(), n);
+    coropipe::error_code want_ec;
+    (void)coropipe::pickle_loads(cut, want_ec);
+    coropipe::pickle_load(typical, out);
+    coropipe::error_code ec;
+    coropipe::pickle_load(cut, out, ec);
+    CHECK(ec == want_ec);
+    CHECK(ec == errc::decode_failed);
+    CHECK(out.is_none());
+  }
+  auto bad_key = one_item;
+  bad_key[15] = std::byte{0xff};  // the key's first byte
+  coropipe::error_code ec;
+  coropipe::pickle_load(bad_key, out, ec);
+  CHECK(ec == errc::decode_failed);
+  CHECK(std::string(coropipe::last_decode_error()).find("UTF-8") != std::string::npos);
+  CHECK(out.is_none());
+  CHECK_THROWS_AS(coropipe::pickle_load(bad_key, out), coropipe::decode_error);
+  // Depth limit 0: even a flat dict is too deep, as pickle_loads says.
+  coropipe::pickle_options shallow;
+  shallow.max_depth = 0;
+  coropipe::pickle_load(typical, out, ec, shallow);
+  CHECK(ec == errc::nesting_too_deep);
 }
 
 TEST_CASE("pickle: Python's pickles of unsupported objects are refused by name, and do nothing") {

@@ -131,6 +131,7 @@ public:
 private:
   friend class pyobject;
   friend struct detail::pydict_node;
+  friend struct detail::pickle_access;
   std::ptrdiff_t lookup(const pyobject& key, std::size_t hash) const;
   void add_new(pyobject key, pyobject value, std::size_t hash);
 
@@ -390,6 +391,16 @@ struct pickle_options {
 /// and returns None.
 [[nodiscard]] pyobject pickle_loads(std::span<const std::byte> data, error_code& ec,
                                     const pickle_options& options = {});
+/// Decodes a pickle into @p out, reusing the memory @p out holds where it
+/// can: a flat dict of str keys (at most 16) to scalars, strs and bytes,
+/// the usual shape of a message, is decoded into the dict @p out already
+/// holds (when no copy of @p out shares it), its keys and strs assigned in
+/// place, without allocating once warm. Anything else is decoded as by
+/// pickle_loads() and assigned. On failure sets @p ec (the detail in
+/// last_decode_error()) and leaves None in @p out.
+void pickle_load(std::span<const std::byte> data, pyobject& out, error_code& ec, const pickle_options& options = {});
+/// As above. @throws decode_error as pickle_loads().
+void pickle_load(std::span<const std::byte> data, pyobject& out, const pickle_options& options = {});
 /// Decodes a pickle held in a string.
 /// @throws decode_error as above.
 [[nodiscard]] inline pyobject pickle_loads(std::string_view data, const pickle_options& options = {}) {
@@ -812,7 +823,7 @@ struct codec<pyobject> {
   static void encode(const pyobject& v, std::vector<std::byte>& out) { pickle_dump(v, out); }
   static error_code decode(message_view in, pyobject& out) {
     error_code ec;
-    out = pickle_loads(in, ec);
+    pickle_load(in, out, ec);
     return ec;
   }
 };
