@@ -370,8 +370,16 @@ asio::awaitable<int> serve_channels(asio::posix::stream_descriptor in, asio::pos
   channel<Reply, Request> tx(std::move(out));
   Request req;
   for (;;) {
-    // Flush what is answered before waiting for more.
-    auto [ec, got] = co_await rx.async_receive(req, tuple);
+    // What has arrived is taken without an asynchronous operation (no
+    // coroutine frames of the receive path); an empty pipe is waited for,
+    // which lets the replies' posted flush run first.
+    error_code ec;
+    const bool got = rx.try_receive(req, ec);
+    if (!got && ec == asio::error::would_block) {
+      auto [wec] = co_await rx.framed().next_layer().async_wait(asio::posix::stream_descriptor::wait_read, tuple);
+      if (wec) co_return 2;
+      continue;
+    }
     if (ec) co_return 2;
     if (!got) break;
     if (busy) ++*busy;
@@ -379,6 +387,9 @@ asio::awaitable<int> serve_channels(asio::posix::stream_descriptor in, asio::pos
     if (busy) --*busy;
     auto [sec] = co_await tx.async_send(rep, tuple);
     if (sec) co_return 0;  // the pool is gone
+    // Requests that keep arriving do not keep the thread to themselves (the
+    // flush of the replies runs).
+    if (should_yield()) (void)co_await asio::post(rx.get_executor(), tuple);
   }
   (void)co_await tx.async_close(tuple);
   co_return 0;
