@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: BSL-1.0
 // The bench's replacement of the global operator new: it counts calls, so that
-// case 7 can show that steady-state messaging allocates nothing. In a file of
+// case 7 can show that steady-state messaging allocates nothing. Also counted:
+// aligned_alloc(), where Asio's recycling allocator (operations, handlers,
+// coroutine frames) goes when its small thread-local cache misses. In a file of
 // its own, away from code that could inline the allocator's pairs.
 #include <atomic>
 #include <cstdint>
@@ -38,3 +40,10 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+// glibc's own aligned allocation (the C library exports it for interposers).
+extern "C" void* __libc_memalign(std::size_t alignment, std::size_t size) noexcept;
+extern "C" void* aligned_alloc(std::size_t alignment, std::size_t size) noexcept {
+  count();
+  return __libc_memalign(alignment, size);
+}

@@ -273,7 +273,7 @@ std::vector<case_spec> all_cases(const settings& s) {
   cases.push_back({"memory: pool allocations/request", "{\"requests\": " + std::to_string(counted) + "}",
                    "allocs/request", better::lower, std::nullopt,
                    [=] { return pool_allocations_per_request(counted / 10); }, {},
-                   "operator new calls per async_submit(int) awaited, after a warm-up"});
+                   "operator new and aligned_alloc calls (Asio's frame and handler cache misses) per async_submit(int) awaited, after a warm-up"});
   return cases;
 }
 

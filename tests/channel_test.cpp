@@ -1457,3 +1457,28 @@ TEST_CASE("a bool is decoded only from the bytes 0 and 1") {
     CHECK(ec4 == errc::decode_failed);
   }());
 }
+
+TEST_CASE("try_receive: values that have arrived, would_block, decode_failed and going on, the end") {
+  asio::io_context io;
+  auto d = coropipe::duplex_pair();
+  coropipe::channel<std::string, std::int32_t> a(coropipe::attach(io, std::move(d.first)));
+  coropipe::channel<std::int32_t, std::string> b(coropipe::attach(io, std::move(d.second)));
+  std::int32_t v = 0;
+  coropipe::error_code ec;
+  CHECK_FALSE(a.try_receive(v, ec));
+  CHECK(ec == asio::error::would_block);
+  run(io, [&]() -> awaitable<void> {
+    co_await b.async_send(41, use_awaitable);
+    co_await b.framed().async_send(asio::buffer("xy", 2), use_awaitable);  // no int32
+    co_await b.async_send(42, use_awaitable);
+    co_await b.async_close(use_awaitable);
+  }());
+  REQUIRE(a.try_receive(v, ec));
+  CHECK(v == 41);
+  CHECK_FALSE(a.try_receive(v, ec));
+  CHECK(ec == errc::decode_failed);
+  REQUIRE(a.try_receive(v, ec));
+  CHECK(v == 42);
+  CHECK_FALSE(a.try_receive(v, ec));
+  CHECK(!ec);  // end of stream
+}

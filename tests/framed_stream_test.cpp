@@ -1328,3 +1328,64 @@ sys.exit(0 if bad == 0 else 3)
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
 }
+
+// --- try_receive ---------------------------------------------------------------------------
+
+TEST_CASE("try_receive: would_block until a whole frame is there, then the messages in order, then the end") {
+  asio::io_context io;
+  auto p = make_raw_writer_pipe(io);
+  coropipe::error_code ec;
+  CHECK_FALSE(p.rx.try_receive(ec));
+  CHECK(ec == asio::error::would_block);
+  const std::string f = frame_bytes("spam");
+  write_raw(p.w.get(), std::string_view(f).substr(0, 3));  // half a header
+  CHECK_FALSE(p.rx.try_receive(ec));
+  CHECK(ec == asio::error::would_block);
+  write_raw(p.w.get(), f.substr(3) + frame_bytes("") + frame_bytes("eggs"));
+  auto m = p.rx.try_receive(ec);
+  REQUIRE(m);
+  CHECK(!ec);
+  CHECK(str(*m) == "spam");
+  CHECK(readable(p.rfd) == 0);  // the rest was read ahead
+  m = p.rx.try_receive(ec);
+  REQUIRE(m);
+  CHECK(m->empty());
+  m = p.rx.try_receive(ec);
+  REQUIRE(m);
+  CHECK(str(*m) == "eggs");
+  CHECK_FALSE(p.rx.try_receive(ec));
+  CHECK(ec == asio::error::would_block);
+  // Waiting for readability, then trying again, is a receive.
+  write_raw(p.w.get(), frame_bytes("ham"));
+  run(io, [&]() -> awaitable<void> {
+    auto [wec] = co_await p.rx.next_layer().async_wait(asio::posix::stream_descriptor::wait_read, as_tuple);
+    CHECK(!wec);
+  }());
+  m = p.rx.try_receive(ec);
+  REQUIRE(m);
+  CHECK(str(*m) == "ham");
+  p.w.reset();
+  CHECK_FALSE(p.rx.try_receive(ec));
+  CHECK(!ec);  // a clean end of stream
+}
+
+TEST_CASE("try_receive: malformed input is a sticky error; a pending async_receive is already_started") {
+  asio::io_context io;
+  auto p = make_raw_writer_pipe(io, framed_options{.max_message_size = 16});
+  std::string got;
+  p.rx.async_receive([&](coropipe::error_code rec, std::optional<message_view> msg) {
+    CHECK(!rec);
+    if (msg) got = str(*msg);
+  });
+  coropipe::error_code ec;
+  CHECK_FALSE(p.rx.try_receive(ec));
+  CHECK(ec == asio::error::already_started);
+  write_raw(p.w.get(), frame_bytes("first"));
+  io.run_for(10s);
+  CHECK(got == "first");
+  write_raw(p.w.get(), frame_bytes(std::string(17, 'x')));
+  CHECK_FALSE(p.rx.try_receive(ec));
+  CHECK(ec == errc::message_too_large);
+  CHECK_FALSE(p.rx.try_receive(ec));
+  CHECK(ec == errc::message_too_large);
+}

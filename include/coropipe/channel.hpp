@@ -255,6 +255,24 @@ public:
     }
   }
 
+  /// Takes the next value into @p out if that needs no waiting (see
+  /// framed_stream::try_receive(): no system call when the message was read
+  /// ahead, at most one non-blocking read(2) otherwise, no asynchronous
+  /// operation, no allocation beyond what decoding @p out needs).
+  ///
+  /// @returns true with the value in @p out; false with @p ec clear at a
+  /// clean end of stream, `asio::error::would_block` when no whole message
+  /// has arrived yet (wait until `framed().next_layer()` is readable, or use
+  /// async_receive()), `errc::decode_failed` for a message that is no
+  /// `Receive` (the next receive goes on with the following one), or the
+  /// other errors of async_receive().
+  bool try_receive(Receive& out, error_code& ec) {
+    const std::optional<message_view> msg = fs_.try_receive(ec);
+    if (!msg) return false;
+    ec = codec<Receive>::decode(*msg, out);
+    return !ec;
+  }
+
   /// framed_stream::async_flush().
   template <typename FlushToken = asio::default_completion_token_t<executor_type>>
   auto async_flush(FlushToken&& token = asio::default_completion_token_t<executor_type>()) {

@@ -557,6 +557,39 @@ public:
     }
   }
 
+  /// Takes the next message if that needs no waiting: one already read
+  /// ahead, or one that a non-blocking read(2) brings. Never waits, never
+  /// allocates, starts no asynchronous operation (a loop of these costs no
+  /// coroutine frame per message, where async_receive() may cost two).
+  ///
+  /// @returns the message, a view valid until the next receive; or an empty
+  /// optional with @p ec telling why:
+  /// - clear: a clean end of stream;
+  /// - `asio::error::would_block`: no whole message yet; wait until the
+  ///   descriptor is readable (`next_layer().async_wait(Stream::wait_read,
+  ///   ...)`) and try again, or call async_receive();
+  /// - `asio::error::already_started`: an async_receive() is pending;
+  /// - otherwise the errors of async_receive(), sticky as there.
+  std::optional<message_view> try_receive(error_code& ec) {
+    ec = {};
+    auto& st = *st_;
+    if (st.receiving) {
+      ec = asio::error::already_started;
+      return std::nullopt;
+    }
+    std::optional<message_view> msg;
+    if (!st.try_receive(msg, ec)) {
+      // The caller waits now: as after a receive that had to wait, the next
+      // small send is written at once.
+      ec = asio::error::would_block;
+      st.send_direct = true;
+      detail::note_wait();
+      return std::nullopt;
+    }
+    if (ec) msg.reset();
+    return msg;
+  }
+
   /// Waits until every message queued so far has been written.
   ///
   /// Completion signature: `void(error_code)`.
