@@ -259,7 +259,7 @@ std::vector<case_spec> all_cases(const settings& s) {
                        std::to_string(ssh_requests) + "}",
                    "requests/s", better::higher, 0.5, [=] { return ssh_pool_submit_rate(ssh_requests, true); },
                    [=] { return ssh_pool_submit_rate(ssh_requests, false); },
-                   "tiny requests (int -> int), 1024 in flight, a window of 256 per worker; ssh -T to sshd on 127.0.0.1 (tests/ssh_fixture.hpp), "
+                   "tiny requests (int -> int), 4096 in flight, a window of 1024 per worker; ssh -T to sshd on 127.0.0.1 (tests/ssh_fixture.hpp), "
                    "default cipher, a launched worker group; both sides unpinned; "
                    "per-request overhead = 1/coropipe - 1/baseline",
                    [] { return ssh_unavailable(); }});

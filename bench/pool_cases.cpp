@@ -244,11 +244,13 @@ std::string self_exe() {
   return std::string(buf.data(), static_cast<std::size_t>(n));
 }
 
-// A window of 256 requests per worker, 1024 in flight: over ssh, many
-// requests then share each write, packet and wake-up (64 and 256 gave 0.3x
-// to 0.4x on a loaded 2-core machine, 256 and 1024 0.46x to 0.72x).
-constexpr std::size_t ssh_window = 256;
-constexpr int ssh_in_flight = 1024;
+// A window of 1024 requests per worker, 4096 in flight, on both sides: over
+// ssh, many requests then share each write, packet and wake-up of the two ssh
+// processes per worker. Once the pool's reply path lost its coroutine frames
+// (local side 4e6 requests/s), 256 and 1024 gave 0.38x to 0.48x on a quiet
+// 2-core machine; 1024 and 4096 gave 0.56x to 0.73x in five runs.
+constexpr std::size_t ssh_window = 1024;
+constexpr int ssh_in_flight = 4096;
 
 // 2 workers, each `<this program> --pool-worker`: spawned here, or launched
 // through `ssh -F <the server's config> coropipe-test` (a worker group).
