@@ -3,6 +3,7 @@
 
 #include <doctest/doctest.h>
 
+#include "pool_support.hpp"
 #include "support.hpp"
 
 #include <coropipe/error.hpp>
@@ -31,6 +32,7 @@ using asio::awaitable;
 using asio::use_awaitable;
 using coropipe::pool;
 using coropipe_test::run;
+using coropipe_test::submit_many;
 using int_pool = coropipe::pool<int, int>;
 using int_workers = coropipe::pool_workers<int, int>;
 
@@ -52,22 +54,6 @@ awaitable<int> inc(int x) {
 }
 
 int_workers forked_inc() { return int_workers::forked(inc); }
-
-// Submits @p n requests at once and checks every reply.
-awaitable<void> submit_many(int_pool& p, int n) {
-  auto ex = co_await asio::this_coro::executor;
-  int done = 0;
-  int wrong = 0;
-  asio::steady_timer all(ex, std::chrono::steady_clock::time_point::max());
-  for (int i = 0; i < n; ++i) {
-    p.async_submit(i, [&, i](coropipe::error_code ec, int r) {
-      if (ec || r != i + 1) ++wrong;
-      if (++done == n) all.cancel();
-    });
-  }
-  while (done < n) (void)co_await all.async_wait(as_tuple);
-  CHECK(wrong == 0);
-}
 
 } // namespace
 

@@ -48,6 +48,8 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
+#include "spawn_support.hpp"
+
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -105,21 +107,11 @@ inline int run_quietly(const std::vector<std::string>& argv, const std::string& 
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t all, none;
-  sigfillset(&all);
-  sigemptyset(&none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
+  const coropipe_test::clean_spawnattr attr;
+  auto args = coropipe_test::spawn_args(argv);
   pid_t pid = -1;
-  const int r = ::posix_spawnp(&pid, args[0], &fa, &attr, args.data(), environ);
+  const int r = ::posix_spawnp(&pid, args[0], &fa, &attr.attr, args.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&attr);
   if (r != 0) return -1;
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0) {
@@ -435,9 +427,7 @@ private:
     const std::string logpath = dir_ + "/sshd.log";
     const int logfd = ::open(logpath.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (logfd < 0) fail("cannot create sshd.log");
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(a.data());
-    args.push_back(nullptr);
+    auto args = coropipe_test::spawn_args(argv);
     std::fflush(nullptr);
     sigset_t all, old;
     sigfillset(&all);

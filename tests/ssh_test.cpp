@@ -8,6 +8,7 @@
 #include <doctest/doctest.h>
 
 #include "ssh_fixture.hpp"
+#include "pool_support.hpp"
 #include "support.hpp"
 
 #include <coropipe/error.hpp>
@@ -30,6 +31,7 @@ using asio::awaitable;
 using asio::use_awaitable;
 using coropipe_test::run;
 using coropipe_test::ssh_server;
+using coropipe_test::submit_many;
 using int_pool = coropipe::pool<int, int>;
 using int_workers = coropipe::pool_workers<int, int>;
 using int_group = coropipe::worker_group<int, int>;
@@ -57,21 +59,6 @@ coropipe::exit_status status_of(const coropipe_test::program_result& r) {
   return coropipe::exit_status::from_wait_status(r.wait_status);
 }
 
-// Submits @p n requests at once; each must be answered x + 1.
-awaitable<void> submit_many(int_pool& p, int n) {
-  auto ex = co_await asio::this_coro::executor;
-  int done = 0;
-  int wrong = 0;
-  asio::steady_timer all(ex, std::chrono::steady_clock::time_point::max());
-  for (int i = 0; i < n; ++i) {
-    p.async_submit(i, [&, i](coropipe::error_code ec, int r) {
-      if (ec || r != i + 1) ++wrong;
-      if (++done == n) all.cancel();
-    });
-  }
-  while (done < n) (void)co_await all.async_wait(as_tuple);
-  CHECK(wrong == 0);
-}
 
 awaitable<void> sleep_for(std::chrono::steady_clock::duration d) {
   asio::steady_timer t(co_await asio::this_coro::executor, d);

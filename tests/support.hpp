@@ -5,6 +5,8 @@
 
 #include <coropipe/asio.hpp>
 
+#include "spawn_support.hpp"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -323,23 +325,11 @@ inline started_program start_program(const std::vector<std::string>& argv, int s
   else posix_spawn_file_actions_adddup2(&fa, stdin_fd, 0);
   posix_spawn_file_actions_adddup2(&fa, out[1], 1);
   posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-  // The program starts with default signal handling and an empty mask, not
-  // with the test runner's.
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t all, none;
-  sigfillset(&all);
-  sigemptyset(&none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
+  const clean_spawnattr attr;
+  auto args = spawn_args(argv);
   pid_t pid = -1;
-  const int r = ::posix_spawn(&pid, args[0], &fa, &attr, args.data(), environ);
+  const int r = ::posix_spawn(&pid, args[0], &fa, &attr.attr, args.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&attr);
   ::close(out[1]);
   ::close(err[1]);
   if (r != 0) {
