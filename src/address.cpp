@@ -3,11 +3,12 @@
 
 #include <coropipe/error.hpp>
 
+#include "parse.hpp"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/un.h>
 
-#include <charconv>
 #include <cstddef>
 #include <cstring>
 
@@ -16,10 +17,8 @@ namespace coropipe {
 namespace {
 
 bool parse_port(std::string_view s, std::uint16_t& port) {
-  if (s.empty() || s.size() > 5) return false;
-  unsigned value = 0;
-  const auto [ptr, err] = std::from_chars(s.data(), s.data() + s.size(), value);
-  if (err != std::errc() || ptr != s.data() + s.size() || value > 65535) return false;
+  unsigned long value = 0;
+  if (!detail::parse_decimal(s, 5, 0, 65535, value)) return false;
   port = static_cast<std::uint16_t>(value);
   return true;
 }

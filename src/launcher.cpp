@@ -3,6 +3,8 @@
 // and the classification of failed starts.
 #include <coropipe/launcher.hpp>
 
+#include "parse.hpp"
+
 #include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
@@ -45,14 +47,10 @@ std::vector<std::string> launcher::command(const std::vector<std::string>& argv)
 
 namespace {
 
-bool all_digits(std::string_view s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
 unsigned parse_port(std::string_view s, std::string_view whole) {
-  if (!all_digits(s) || s.size() > 5) throw std::invalid_argument("bad port in ssh host '" + std::string(whole) + "'");
-  const unsigned long v = std::strtoul(std::string(s).c_str(), nullptr, 10);
-  if (v == 0 || v > 65535) throw std::invalid_argument("bad port in ssh host '" + std::string(whole) + "'");
+  unsigned long v = 0;
+  if (!detail::parse_decimal(s, 5, 1, 65535, v))
+    throw std::invalid_argument("bad port in ssh host '" + std::string(whole) + "'");
   return static_cast<unsigned>(v);
 }
 
@@ -177,9 +175,8 @@ host_spec parse_host_spec(std::string_view text) {
   if (const auto slash = text.rfind('/'); slash != std::string_view::npos) {
     const std::string_view n = text.substr(slash + 1);
     host = text.substr(0, slash);
-    if (!all_digits(n) || n.size() > 4) throw bad("N is not a number from 1 to 4096");
-    const unsigned long v = std::strtoul(std::string(n).c_str(), nullptr, 10);
-    if (v == 0 || v > 4096) throw bad("N is not a number from 1 to 4096");
+    unsigned long v = 0;
+    if (!detail::parse_decimal(n, 4, 1, 4096, v)) throw bad("N is not a number from 1 to 4096");
     spec.workers = v;
   }
   if (host.empty()) throw bad("empty host");
