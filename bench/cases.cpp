@@ -31,6 +31,19 @@ extern "C" char** environ;
 
 namespace bench {
 
+// Where the streaming cases' child runs (-1: anywhere); see pin_cpus().
+namespace {
+int child_cpu = -1;
+}  // namespace
+
+void pin_child() noexcept {
+  if (child_cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(static_cast<std::size_t>(child_cpu), &set);
+  ::sched_setaffinity(0, sizeof set, &set);
+}
+
 namespace {
 
 using asio::awaitable;
@@ -39,18 +52,6 @@ using coropipe::child_context;
 using coropipe::unique_fd;
 
 [[noreturn]] void fail(const char* what) { throw coropipe::system_error(errno, coropipe::system_category(), what); }
-
-// Where the streaming cases' child runs (-1: anywhere); see pin_cpus().
-int child_cpu = -1;
-
-// Called first thing in every streaming child, raw or coropipe.
-void pin_child() noexcept {
-  if (child_cpu < 0) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(static_cast<std::size_t>(child_cpu), &set);
-  ::sched_setaffinity(0, sizeof set, &set);
-}
 
 // The buffers every byte-moving case reads into and writes from, raw and
 // coropipe alike: page-aligned. The kernel copies a pipe's bytes faster to and

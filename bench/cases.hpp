@@ -13,6 +13,10 @@ namespace bench {
 // the two ends the same way. False (nothing pinned) with fewer than two CPUs.
 bool pin_cpus();
 
+// Called first thing in every streaming child, raw or coropipe (and in the
+// workers of the pool latency case): moves it to the second CPU.
+void pin_child() noexcept;
+
 double raw_throughput(std::size_t chunk, std::size_t total, std::size_t capacity);
 double coropipe_throughput(std::size_t chunk, std::size_t total, std::size_t capacity);
 double raw_ping_pong(int rounds);
