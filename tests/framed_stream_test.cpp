@@ -912,6 +912,80 @@ TEST_CASE("try_send queues a small message at once, and refuses what it cannot")
   CHECK_FALSE(tx.try_send(asio::buffer(std::string_view("x"))));
 }
 
+TEST_CASE("try_send_now writes at once when nothing is queued, queues behind what is, refuses what try_send refuses") {
+  asio::io_context io;
+  auto fp = make_framed_pipe(io);
+  // Nothing queued: in the pipe before the io_context ever runs.
+  CHECK(fp.tx.try_send_now(asio::buffer(std::string_view("now"))));
+  CHECK(fp.tx.pending_bytes() == 0);
+  CHECK(readable(fp.rfd) == 7);
+  // Behind a queued frame: queued too, in order, written by the flush.
+  CHECK(fp.tx.try_send(asio::buffer(std::string_view("queued"))));
+  CHECK(fp.tx.try_send_now(asio::buffer(std::string_view("after"))));
+  CHECK(fp.tx.pending_bytes() == 10 + 9);
+  CHECK(readable(fp.rfd) == 7);
+  run(io, [&]() -> awaitable<void> {
+    CHECK(co_await receive_string(fp.rx) == "now");
+    CHECK(co_await receive_string(fp.rx) == "queued");
+    CHECK(co_await receive_string(fp.rx) == "after");
+  }());
+  // Above the copy threshold, or no room: refused, nothing written or queued.
+  const std::size_t threshold = fp.tx.options().copy_threshold;
+  CHECK_FALSE(fp.tx.try_send_now(asio::buffer(std::string(threshold + 1, 'l'))));
+  CHECK(readable(fp.rfd) == 0);
+  while (fp.tx.try_send(asio::buffer(std::string(1000, 'r')))) {
+  }
+  const std::size_t pending = fp.tx.pending_bytes();
+  CHECK_FALSE(fp.tx.try_send_now(asio::buffer(std::string_view("x"))));
+  CHECK(fp.tx.pending_bytes() == pending);
+
+  // A full pipe: what the write cannot take stays queued and is flushed later.
+  auto q = make_framed_pipe(io);
+  const std::size_t filled = fill_with_frames(q.wfd);
+  REQUIRE(filled > 0);
+  CHECK(q.tx.try_send_now(asio::buffer(std::string_view("late"))));
+  CHECK(q.tx.pending_bytes() == 8);
+  run(io, [&]() -> awaitable<void> {
+    for (std::size_t i = 0; i < filled; ++i) CHECK((co_await receive_string(q.rx)).size() == PIPE_BUF - 4);
+    CHECK(co_await receive_string(q.rx) == "late");
+  }());
+
+  // A reader that is gone: accepted (the frame was queued), then the error
+  // is sticky: the next try_send_now refuses and a flush reports it.
+  auto p = coropipe::pipe();
+  framed_stream<> tx(coropipe::attach(io, std::move(p.write_end)));
+  p.read_end.reset();
+  CHECK(tx.try_send_now(asio::buffer(std::string_view("lost"))));
+  CHECK_FALSE(tx.try_send_now(asio::buffer(std::string_view("x"))));
+  auto [ec] = run(io, tx.async_flush(as_tuple));
+  CHECK(ec == asio::error::broken_pipe);
+  CHECK_FALSE(sigpipe_pending());
+}
+
+TEST_CASE("buffered_bytes counts what one read brought and no receive has taken, a partial frame included") {
+  asio::io_context io;
+  auto fp = make_framed_pipe(io);
+  CHECK(fp.rx.buffered_bytes() == 0);
+  std::string bytes = frame_bytes("one") + frame_bytes("two");
+  bytes += std::string("\0\0\0\x05thr", 7);  // a frame's beginning
+  write_raw(fp.wfd, bytes);
+  coropipe::error_code ec;
+  auto m = fp.rx.try_receive(ec);
+  REQUIRE(m);
+  CHECK(fp.rx.buffered_bytes() == 7 + 7);
+  m = fp.rx.try_receive(ec);
+  REQUIRE(m);
+  CHECK(fp.rx.buffered_bytes() == 7);
+  CHECK_FALSE(fp.rx.try_receive(ec));
+  CHECK(ec == asio::error::would_block);
+  CHECK(fp.rx.buffered_bytes() == 7);
+  write_raw(fp.wfd, "ee");
+  m = fp.rx.try_receive(ec);
+  REQUIRE(m);
+  CHECK(std::string_view(reinterpret_cast<const char*>(m->data()), m->size()) == "three");
+  CHECK(fp.rx.buffered_bytes() == 0);
+}
+
 // --- request and reply: the send written at once ------------------------------------------
 
 namespace {

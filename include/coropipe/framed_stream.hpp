@@ -193,10 +193,12 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
   // nothing else queued, is written at once by one non-blocking writev(2)
   // (no post, no scheduler round: request-reply latency); what it could not
   // write (EAGAIN, a partial write) stays queued for the background flush.
-  // Later sends are batched by the posted flush as before. Returns the error
-  // that direct write met (then also the stream's sticky write_error).
-  error_code queue_small(message_view payload) {
-    const bool direct = send_direct && !flushing && queue.empty();
+  // Later sends are batched by the posted flush as before; @p now writes at
+  // once whenever nothing is queued (framed_stream::try_send_now()). Returns
+  // the error that direct write met (then also the stream's sticky
+  // write_error).
+  error_code queue_small(message_view payload, bool now = false) {
+    const bool direct = (send_direct || now) && !flushing && queue.empty();
     send_direct = false;
     queue.push_copy(payload);
     if (!direct) {
@@ -537,6 +539,26 @@ public:
     st.kick();
     return true;
   }
+
+  /// Like try_send(), but when nothing is queued or being written the frame
+  /// is written at once, by one non-blocking writev(2), instead of by the
+  /// background flush (which a later scheduler round runs, batching what was
+  /// queued meanwhile); what the write could not take stays queued for the
+  /// flush. For a message a peer is waiting for with no other following it
+  /// at once (a request to an idle worker, the reply to the last request
+  /// read): it saves the scheduler round. A write error is sticky, as for
+  /// try_send(), and reported by the next send or flush.
+  /// @returns as try_send().
+  bool try_send_now(asio::const_buffer payload) {
+    auto& st = *st_;
+    if (st.write_error || !st.has_room() || payload.size() > st.opts.copy_threshold) return false;
+    (void)st.queue_small({static_cast<const std::byte*>(payload.data()), payload.size()}, true);
+    return true;
+  }
+
+  /// Bytes read ahead and not yet taken by a receive (a frame's beginning
+  /// included): 0 when the next receive starts with a read(2).
+  [[nodiscard]] std::size_t buffered_bytes() const noexcept { return st_->rbuf.buffered(); }
 
   /// Receives the next message.
   ///

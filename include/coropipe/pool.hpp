@@ -369,11 +369,20 @@ asio::awaitable<int> serve_channels(asio::posix::stream_descriptor in, asio::pos
   channel<Reply, Request> rx(std::move(in));
   channel<Reply, Request> tx(std::move(out));
   Request req;
+  std::vector<std::byte> encoded;
+  // The last reply was written at once and nothing is read ahead: the pool
+  // had nothing more for us when we read, so we wait before reading again.
+  bool wait_first = false;
   for (;;) {
     // What has arrived is taken without an asynchronous operation (no
     // coroutine frames of the receive path); an empty pipe is waited for,
     // which lets the replies' posted flush run first.
     error_code ec;
+    if (std::exchange(wait_first, false) && rx.framed().buffered_bytes() == 0) {
+      note_wait();
+      auto [wec] = co_await rx.framed().next_layer().async_wait(asio::posix::stream_descriptor::wait_read, tuple);
+      if (wec) co_return 2;
+    }
     const bool got = rx.try_receive(req, ec);
     if (!got && ec == asio::error::would_block) {
       auto [wec] = co_await rx.framed().next_layer().async_wait(asio::posix::stream_descriptor::wait_read, tuple);
@@ -385,8 +394,19 @@ asio::awaitable<int> serve_channels(asio::posix::stream_descriptor in, asio::pos
     if (busy) ++*busy;
     Reply rep = co_await fn(std::move(req));
     if (busy) --*busy;
-    auto [sec] = co_await tx.async_send(rep, tuple);
-    if (sec) co_return 0;  // the pool is gone
+    // The reply to the last request read is written at once (the pool may
+    // be waiting for it); replies to requests read ahead are batched.
+    bool queued = false;
+    if (rx.framed().buffered_bytes() == 0) {
+      encoded.clear();
+      codec<Reply>::encode(rep, encoded);
+      queued = tx.framed().try_send_now(asio::buffer(encoded));
+      wait_first = queued && tx.framed().pending_bytes() == 0;
+    }
+    if (!queued) {
+      auto [sec] = co_await tx.async_send(rep, tuple);
+      if (sec) co_return 0;  // the pool is gone
+    }
     // Requests that keep arriving do not keep the thread to themselves (the
     // flush of the replies runs).
     if (should_yield()) (void)co_await asio::post(rx.get_executor(), tuple);
@@ -987,7 +1007,12 @@ private:
       }
       if (!best) return;
       request* r = queue_.front();
-      if (!best->tx.try_send(r->payload())) {
+      // An idle worker waits for this request: it is written at once. One
+      // with requests in flight gets it batched with the others by the
+      // background flush.
+      const bool sent =
+          best->inflight.empty() ? best->tx.try_send_now(r->payload()) : best->tx.try_send(r->payload());
+      if (!sent) {
         best->blocked = true;
         continue;
       }
@@ -1369,12 +1394,24 @@ private:
       bool garbage = false;
       Reply value{};
       error_code rec;
+      // Every reply the worker owed has been read, and nothing is read
+      // ahead: the requests in flight now were sent since, so their replies
+      // are waited for without a read(2) that would find the pipe empty.
+      bool wait_first = false;
       for (;;) {
         // What has arrived is taken without an asynchronous operation; only
         // an empty pipe is waited for, with one async_wait (no coroutine
         // frames of the receive path: with one request at a time those
         // missed Asio's frame cache, two heap allocations per request).
         error_code e;
+        if (std::exchange(wait_first, false) && w->rx.framed().buffered_bytes() == 0) {
+          detail::note_wait();
+          auto [wec] = co_await w->rx.framed().next_layer().async_wait(stream::wait_read, tuple);
+          if (wec) {
+            rec = wec;
+            break;
+          }
+        }
         const bool got = w->rx.try_receive(value, e);
         if (!got && e == asio::error::would_block) {
           auto [wec] = co_await w->rx.framed().next_layer().async_wait(stream::wait_read, tuple);
@@ -1389,6 +1426,7 @@ private:
         }
         request* r = w->inflight.front();
         w->inflight.pop_front();
+        wait_first = w->inflight.empty();
         ++stats_[index].served;
         served_any = true;
         if (!w->replied) {
