@@ -18,13 +18,19 @@
 ///
 /// Request and reply: the first small send after a receive had to wait, with
 /// nothing else queued, is written at once by the send itself (one
-/// non-blocking writev(2), no trip through the event loop), and the receive
-/// that follows it waits for the reply without first trying a read(2) that
-/// could only find nothing. What that write cannot take (a full socket or
-/// pipe buffer, a partial write) stays queued and the background flush
-/// finishes it; a write error it meets is reported by that same send. A
-/// round trip then costs a write, an epoll_wait, an epoll_ctl and a read on
-/// each side (docs/tutorial/05-sockets.md, "Performance").
+/// non-blocking write(2), no trip through the event loop or the queue), and
+/// the receive that follows it waits for the reply without first trying a
+/// read(2) that could only find nothing. What that write cannot take (a full
+/// socket or pipe buffer, a partial write) is queued and the background
+/// flush finishes it; a write error it meets is reported by that same send.
+/// A round trip then costs a write, an epoll_wait, an epoll_ctl and a read on
+/// each side: Asio's async_wait re-arms the descriptor with epoll_ctl every
+/// time. On a socket whose io_context is configured (Asio 1.36 and later)
+/// with `reactor.reset_edge_on_partial_read=1`, for example
+/// `asio::io_context io{asio::config_from_string{"reactor.reset_edge_on_partial_read=1"}}`,
+/// a coroutine receive waits with an Asio read instead, which after a short
+/// read needs no epoll_ctl: a write, an epoll_wait and a read on each side
+/// (docs/tutorial/05-sockets.md, "Performance").
 ///
 /// Data queued when the framed_stream is destroyed is still written: the
 /// stream lingers in the background until its queue is empty (as long as its
@@ -73,6 +79,9 @@
 #include <coropipe/io.hpp>
 
 #include <coropipe/asio.hpp>
+#if COROPIPE_ASIO_VERSION >= 103600
+#include COROPIPE_ASIO_INCLUDE(config.hpp)
+#endif
 
 #include <array>
 #include <cstddef>
@@ -102,6 +111,28 @@ using message_view = std::span<const std::byte>;
 
 namespace detail {
 
+// True when @p s is a socket whose io_context's epoll reactor treats a short
+// read as consuming the readiness edge (Asio 1.36 and later, io_context
+// configuration "reactor" / "reset_edge_on_partial_read"). A receive that
+// has to wait then waits with an Asio read (async_read_some): after a short
+// read the reactor queues it without a speculative read(2), where
+// async_wait always re-arms the descriptor with epoll_ctl(EPOLL_CTL_MOD):
+// one system call less per wait (a request-reply round trip: write,
+// epoll_wait, read on each side).
+template <typename Stream>
+bool reads_consume_edge([[maybe_unused]] Stream& s) {
+#if COROPIPE_ASIO_VERSION >= 103600
+  if constexpr (requires {
+                  typename Stream::protocol_type;
+                  asio::query(s.get_executor(), asio::execution::context);
+                }) {
+    auto& ctx = asio::query(s.get_executor(), asio::execution::context);
+    return asio::config(ctx).get("reactor", "reset_edge_on_partial_read", 0) != 0;
+  }
+#endif
+  return false;
+}
+
 template <typename Stream>
 struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
   framed_state(Stream s, const framed_options& o)
@@ -127,6 +158,9 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
   // A receive waited since the last send: the next small send is written
   // at once (see queue_small), not batched by a posted flush.
   bool send_direct = false;
+  // A coroutine receive waits with an Asio read instead of async_wait (see
+  // reads_consume_edge()).
+  const bool read_waits = reads_consume_edge(stream);
 
   // Sending.
   send_queue queue;
@@ -491,8 +525,27 @@ asio::awaitable<receive_result<Throw>> receive_coro(framed_state<Stream>* st) {
     for (;;) {
       note_wait();
       st->send_direct = true;
-      std::tie(ec) = co_await st->stream.async_wait(Stream::wait_read, compat::as_tuple(asio::use_awaitable));
-      if (ec) break;  // cancelled (or the descriptor failed): nothing lost
+      if (st->read_waits) {
+        // Wait by reading (see reads_consume_edge()). A cancelled read has
+        // read nothing; its other outcomes are recorded as try_receive()
+        // records its own read's.
+        const auto room = st->rbuf.prepare();
+        std::size_t n = 0;
+        std::tie(ec, n) = co_await st->stream.async_read_some(asio::buffer(room.data(), room.size()),
+                                                              compat::as_tuple(asio::use_awaitable));
+        if (ec == asio::error::operation_aborted) break;
+        if (ec == asio::error::eof) {
+          st->eof = true;
+        } else if (ec) {
+          st->read_error = ec;
+        } else {
+          st->drained = n < room.size();
+          st->rbuf.commit(n);
+        }
+      } else {
+        std::tie(ec) = co_await st->stream.async_wait(Stream::wait_read, compat::as_tuple(asio::use_awaitable));
+        if (ec) break;  // cancelled (or the descriptor failed): nothing lost
+      }
       if (st->try_receive(msg, ec)) break;
       // Spurious readiness. A cancellation that came as the wait completed
       // ends the receive here, as it would have ended the wait.
