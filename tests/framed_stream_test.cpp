@@ -1235,19 +1235,26 @@ TEST_CASE("as_tuple and redirect_error: errors as values") {
 
 // --- other streams ---------------------------------------------------------------------------
 
-TEST_CASE("framed messages over a TCP loopback socket") {
-  asio::io_context io;
+namespace {
+
+using tcp_framed = framed_stream<asio::ip::tcp::socket>;
+
+// Over a TCP loopback connection on @p io: messages of 0 B to 1 MiB both ways
+// at once, request-reply rounds (each receive waits), a receive cancelled
+// while it waits, then the end of the stream. @p read_waits: whether the
+// receives are expected to wait with an Asio read (reads_consume_edge()).
+void tcp_exchange(asio::io_context& io, bool read_waits) {
   asio::ip::tcp::acceptor acceptor(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   asio::ip::tcp::socket a(io), b(io);
   run(io, [&]() -> awaitable<void> {
     co_await (acceptor.async_accept(b, use_awaitable) && a.async_connect(acceptor.local_endpoint(), use_awaitable));
   }());
   acceptor.close();
-  framed_stream<asio::ip::tcp::socket> fa(std::move(a)), fb(std::move(b));
+  tcp_framed fa(std::move(a)), fb(std::move(b));
+  CHECK(coropipe::detail::reads_consume_edge(fa.next_layer()) == read_waits);
   const std::vector<std::size_t> sizes{0, 1, PIPE_BUF, std::size_t{64} << 10, std::size_t{1} << 20};
   run(io, [&]() -> awaitable<void> {
-    auto one_way = [&](framed_stream<asio::ip::tcp::socket>& from, framed_stream<asio::ip::tcp::socket>& to,
-                       std::uint32_t seed) -> awaitable<void> {
+    auto one_way = [&](tcp_framed& from, tcp_framed& to, std::uint32_t seed) -> awaitable<void> {
       auto sender = [&]() -> awaitable<void> {
         for (std::size_t s : sizes) {
           const std::string m = pattern(s, seed + static_cast<std::uint32_t>(s));
@@ -1264,10 +1271,56 @@ TEST_CASE("framed messages over a TCP loopback socket") {
       co_await (sender() && receiver());
     };
     co_await (one_way(fa, fb, 1) && one_way(fb, fa, 2));
+
+    // Request-reply: every receive finds nothing and waits; large replies
+    // arrive in several reads.
+    const std::vector<std::size_t> reply_sizes{16, 0, 16, PIPE_BUF, 16, std::size_t{1} << 20, 16};
+    auto requester = [&]() -> awaitable<void> {
+      for (int round = 0; round < 3; ++round) {
+        for (std::size_t s : reply_sizes) {
+          const std::string request = std::to_string(s);
+          co_await fa.async_send(asio::buffer(request), use_awaitable);
+          CHECK(same(co_await receive_string(fa), pattern(s, static_cast<std::uint32_t>(s))));
+        }
+      }
+    };
+    auto replier = [&]() -> awaitable<void> {
+      for (int round = 0; round < 3; ++round) {
+        for (std::size_t i = 0; i < reply_sizes.size(); ++i) {
+          const std::string request = co_await receive_string(fb);
+          const std::size_t s = std::stoul(request);
+          const std::string reply = pattern(s, static_cast<std::uint32_t>(s));
+          co_await fb.async_send(asio::buffer(reply), use_awaitable);
+        }
+      }
+    };
+    co_await (requester() && replier());
+
+    // A receive cancelled while it waits loses nothing.
+    asio::steady_timer timer(io, 20ms);
+    auto first = co_await (fa.async_receive(use_awaitable) || timer.async_wait(use_awaitable));
+    CHECK(first.index() == 1);
+    co_await fb.async_send(asio::buffer(std::string_view("after the cancel")), use_awaitable);
+    CHECK(co_await receive_string(fa) == "after the cancel");
+
     co_await fa.async_close(use_awaitable);
     CHECK_FALSE((co_await fb.async_receive(use_awaitable)).has_value());
   }());
 }
+
+} // namespace
+
+TEST_CASE("framed messages over a TCP loopback socket") {
+  asio::io_context io;
+  tcp_exchange(io, false);
+}
+
+#if COROPIPE_ASIO_VERSION >= 103600
+TEST_CASE("over TCP, with an io_context whose reactor resets the edge on a partial read, receives wait by reading") {
+  asio::io_context io{asio::config_from_string{"reactor.reset_edge_on_partial_read=1"}};
+  tcp_exchange(io, true);
+}
+#endif
 
 // --- Python interop ---------------------------------------------------------------------------
 

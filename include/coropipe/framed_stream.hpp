@@ -18,13 +18,19 @@
 ///
 /// Request and reply: the first small send after a receive had to wait, with
 /// nothing else queued, is written at once by the send itself (one
-/// non-blocking writev(2), no trip through the event loop), and the receive
-/// that follows it waits for the reply without first trying a read(2) that
-/// could only find nothing. What that write cannot take (a full socket or
-/// pipe buffer, a partial write) stays queued and the background flush
-/// finishes it; a write error it meets is reported by that same send. A
-/// round trip then costs a write, an epoll_wait, an epoll_ctl and a read on
-/// each side (docs/tutorial/05-sockets.md, "Performance").
+/// non-blocking write(2), no trip through the event loop or the queue), and
+/// the receive that follows it waits for the reply without first trying a
+/// read(2) that could only find nothing. What that write cannot take (a full
+/// socket or pipe buffer, a partial write) is queued and the background
+/// flush finishes it; a write error it meets is reported by that same send.
+/// A round trip then costs a write, an epoll_wait, an epoll_ctl and a read on
+/// each side: Asio's async_wait re-arms the descriptor with epoll_ctl every
+/// time. On a socket whose io_context is configured (Asio 1.36 and later)
+/// with `reactor.reset_edge_on_partial_read=1`, for example
+/// `asio::io_context io{asio::config_from_string{"reactor.reset_edge_on_partial_read=1"}}`,
+/// a coroutine receive waits with an Asio read instead, which after a short
+/// read needs no epoll_ctl: a write, an epoll_wait and a read on each side
+/// (docs/tutorial/05-sockets.md, "Performance").
 ///
 /// Data queued when the framed_stream is destroyed is still written: the
 /// stream lingers in the background until its queue is empty (as long as its
@@ -73,8 +79,13 @@
 #include <coropipe/io.hpp>
 
 #include <coropipe/asio.hpp>
+#if COROPIPE_ASIO_VERSION >= 103600
+#include COROPIPE_ASIO_INCLUDE(config.hpp)
+#endif
 
+#include <array>
 #include <cstddef>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <span>
@@ -99,6 +110,28 @@ struct framed_options {
 using message_view = std::span<const std::byte>;
 
 namespace detail {
+
+// True when @p s is a socket whose io_context's epoll reactor treats a short
+// read as consuming the readiness edge (Asio 1.36 and later, io_context
+// configuration "reactor" / "reset_edge_on_partial_read"). A receive that
+// has to wait then waits with an Asio read (async_read_some): after a short
+// read the reactor queues it without a speculative read(2), where
+// async_wait always re-arms the descriptor with epoll_ctl(EPOLL_CTL_MOD):
+// one system call less per wait (a request-reply round trip: write,
+// epoll_wait, read on each side).
+template <typename Stream>
+bool reads_consume_edge([[maybe_unused]] Stream& s) {
+#if COROPIPE_ASIO_VERSION >= 103600
+  if constexpr (requires {
+                  typename Stream::protocol_type;
+                  asio::query(s.get_executor(), asio::execution::context);
+                }) {
+    auto& ctx = asio::query(s.get_executor(), asio::execution::context);
+    return asio::config(ctx).get("reactor", "reset_edge_on_partial_read", 0) != 0;
+  }
+#endif
+  return false;
+}
 
 template <typename Stream>
 struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
@@ -125,6 +158,9 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
   // A receive waited since the last send: the next small send is written
   // at once (see queue_small), not batched by a posted flush.
   bool send_direct = false;
+  // A coroutine receive waits with an Asio read instead of async_wait (see
+  // reads_consume_edge()).
+  const bool read_waits = reads_consume_edge(stream);
 
   // Sending.
   send_queue queue;
@@ -188,35 +224,56 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
     notify();
   }
 
-  // Queues a copy of a small frame (the caller checked has_room and the
-  // size) and starts writing it. The first send after a receive waited, with
-  // nothing else queued, is written at once by one non-blocking writev(2)
-  // (no post, no scheduler round: request-reply latency); what it could not
-  // write (EAGAIN, a partial write) stays queued for the background flush.
-  // Later sends are batched by the posted flush as before; @p now writes at
-  // once whenever nothing is queued (framed_stream::try_send_now()). Returns
-  // the error that direct write met (then also the stream's sticky
-  // write_error).
+  // Sends a small frame (the caller checked has_room and the size). The
+  // first send after a receive waited, with nothing else queued, is written
+  // at once by one non-blocking write(2) from the stack (no post, no
+  // scheduler round, no trip through the queue: request-reply latency); what
+  // it could not write (EAGAIN, a partial write) is queued for the
+  // background flush. Other sends are queued (copied) and batched by the
+  // posted flush; @p now writes at once whenever nothing is queued
+  // (framed_stream::try_send_now()). Returns the error that direct write met
+  // (then also the stream's sticky write_error).
   error_code queue_small(message_view payload, bool now = false) {
     const bool direct = (send_direct || now) && !flushing && queue.empty();
     send_direct = false;
-    queue.push_copy(payload);
     if (!direct) {
+      queue.push_copy(payload);
       kick();
       return {};
     }
     ensure_sigpipe_blocked();
     prepare(stream);
-    ::iovec iov[max_iovecs];
-    const int n = queue.gather(iov, max_iovecs);
+    // Header and payload in one buffer up to this size, else two iovecs.
+    constexpr std::size_t stack_frame = 256;
+    std::array<std::byte, stack_frame> frame;
+    const std::size_t hlen =
+        encode_frame_header(payload.size(), std::span<std::byte, max_frame_header_size>(frame.data(), max_frame_header_size));
+    const std::size_t total = hlen + payload.size();
+    ::iovec iov[2];
+    int n = 1;
+    iov[0].iov_base = frame.data();
+    iov[0].iov_len = hlen;
+    if (total <= stack_frame) {
+      if (!payload.empty()) std::memcpy(frame.data() + hlen, payload.data(), payload.size());
+      iov[0].iov_len = total;
+    } else {
+      iov[1].iov_base = const_cast<std::byte*>(payload.data());
+      iov[1].iov_len = payload.size();
+      n = 2;
+    }
     error_code ec;
     const std::size_t written = try_writev(stream.native_handle(), iov, n, ec);
     if (ec && ec != asio::error::would_block) {
       fail(ec);
       return ec;
     }
-    queue.advance(written);
-    if (!queue.empty()) {
+    if (written < total) {
+      // The rest goes through the queue: the whole frame, the written part
+      // marked done.
+      queue.push_copy(payload);
+      ::iovec ignored[1];
+      queue.gather(ignored, 1);
+      queue.advance(written);
       kick();
     } else if (drained && rbuf.buffered() == 0) {
       skip_read = true;
@@ -271,10 +328,7 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
 template <typename Stream>
 class receive_op {
 public:
-  // @p tried: the caller found nothing buffered and its read would block,
-  // so the operation starts by waiting (no second read(2)).
-  explicit receive_op(std::shared_ptr<framed_state<Stream>> st, bool tried = false)
-      : st_(std::move(st)), tried_(tried) {}
+  explicit receive_op(std::shared_ptr<framed_state<Stream>> st) : st_(std::move(st)) {}
 
   template <typename Self>
   void operator()(Self& self, error_code ec = {}) {
@@ -287,7 +341,7 @@ public:
         return;
       }
       st_->receiving = true;
-      if (!tried_ && st_->try_receive(msg_, ec_)) {
+      if (st_->try_receive(msg_, ec_)) {
         phase_ = phase::completing;
         asio::post(std::move(self));
         return;
@@ -325,7 +379,6 @@ private:
   std::optional<message_view> msg_;
   error_code ec_;
   phase phase_ = phase::starting;
-  bool tried_;
 };
 
 template <typename Stream>
@@ -445,18 +498,64 @@ template <bool Throw>
 using receive_result = std::conditional_t<Throw, std::optional<message_view>,
                                           std::tuple<error_code, std::optional<message_view>>>;
 
+// Clears `receiving` when the waiting coroutine ends, however it ends.
+template <typename Stream>
+struct receiving_guard {
+  std::shared_ptr<framed_state<Stream>> st;
+  explicit receiving_guard(framed_state<Stream>* s) : st(s->shared_from_this()) { st->receiving = true; }
+  receiving_guard(const receiving_guard&) = delete;
+  receiving_guard& operator=(const receiving_guard&) = delete;
+  ~receiving_guard() { st->receiving = false; }
+};
+
 template <bool Throw, typename Stream>
 asio::awaitable<receive_result<Throw>> receive_coro(framed_state<Stream>* st) {
   std::optional<message_view> msg;
   error_code ec;
   // A receive already in progress, or a yield that is due, goes through the
-  // composed operation from its start; one that found nothing starts it
-  // waiting.
-  const bool busy = st->receiving || should_yield();
-  if (busy || !st->try_receive(msg, ec)) {
+  // composed operation from its start; one that found nothing waits.
+  if (st->receiving || should_yield()) {
     std::tie(ec, msg) = co_await asio::async_compose<const compat::as_tuple_t<asio::use_awaitable_t<>>&,
                                                      void(error_code, std::optional<message_view>)>(
-        receive_op<Stream>(st->shared_from_this(), !busy), compat::as_tuple(asio::use_awaitable), st->stream);
+        receive_op<Stream>(st->shared_from_this()), compat::as_tuple(asio::use_awaitable), st->stream);
+  } else if (!st->try_receive(msg, ec)) {
+    // Found nothing: wait for readiness here, with a plain async_wait (no
+    // composed operation, work guard or handler chain around it: less
+    // user-space work per request-reply round trip), then read.
+    const receiving_guard<Stream> guard(st);  // shared ownership while waiting
+    for (;;) {
+      note_wait();
+      st->send_direct = true;
+      if (st->read_waits) {
+        // Wait by reading (see reads_consume_edge()). A cancelled read has
+        // read nothing; its other outcomes are recorded as try_receive()
+        // records its own read's.
+        const auto room = st->rbuf.prepare();
+        std::size_t n = 0;
+        std::tie(ec, n) = co_await st->stream.async_read_some(asio::buffer(room.data(), room.size()),
+                                                              compat::as_tuple(asio::use_awaitable));
+        if (ec == asio::error::operation_aborted) break;
+        if (ec == asio::error::eof) {
+          st->eof = true;
+        } else if (ec) {
+          st->read_error = ec;
+        } else {
+          st->drained = n < room.size();
+          st->rbuf.commit(n);
+        }
+      } else {
+        std::tie(ec) = co_await st->stream.async_wait(Stream::wait_read, compat::as_tuple(asio::use_awaitable));
+        if (ec) break;  // cancelled (or the descriptor failed): nothing lost
+      }
+      if (st->try_receive(msg, ec)) break;
+      // Spurious readiness. A cancellation that came as the wait completed
+      // ends the receive here, as it would have ended the wait.
+      const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
+      if (cs.cancelled() != asio::cancellation_type::none) {
+        ec = asio::error::operation_aborted;
+        break;
+      }
+    }
   }
   if (ec) msg.reset();
   if constexpr (Throw) {
