@@ -22,7 +22,7 @@ import re
 import statistics
 import sys
 
-LOWER_IS_BETTER = ("round trip", "per-operation cost", "page faults")
+LOWER_IS_BETTER = ("round trip", "per-operation cost", "page faults", "ping-pong", "one request at a time")
 SAMPLE = re.compile(r"^[0-9.e+]+/[0-9.e+]+$")
 
 
