@@ -367,9 +367,9 @@ asio::awaitable<int> serve_channels(asio::posix::stream_descriptor in, asio::pos
                                     std::atomic<std::size_t>* busy = nullptr) {
   constexpr auto tuple = compat::as_tuple(asio::use_awaitable);
   channel<Reply, Request> rx(std::move(in));
-  channel<Reply, Request> tx(std::move(out));
+  framed_stream<> tx(std::move(out));
   Request req;
-  std::vector<std::byte> encoded;
+  std::vector<std::byte> encoded;  // the reply's bytes, memory reused
   // The last reply was written at once and nothing is read ahead: the pool
   // had nothing more for us when we read, so we wait before reading again.
   bool wait_first = false;
@@ -395,16 +395,21 @@ asio::awaitable<int> serve_channels(asio::posix::stream_descriptor in, asio::pos
     Reply rep = co_await fn(std::move(req));
     if (busy) --*busy;
     // The reply to the last request read is written at once (the pool may
-    // be waiting for it); replies to requests read ahead are batched.
+    // be waiting for it); replies to requests read ahead are queued for the
+    // background flush, which batches them. Either needs no asynchronous
+    // operation while the queue has room.
+    encoded.clear();
+    codec<Reply>::encode(rep, encoded);
+    const asio::const_buffer bytes = asio::buffer(encoded);
     bool queued = false;
     if (rx.framed().buffered_bytes() == 0) {
-      encoded.clear();
-      codec<Reply>::encode(rep, encoded);
-      queued = tx.framed().try_send_now(asio::buffer(encoded));
-      wait_first = queued && tx.framed().pending_bytes() == 0;
+      queued = tx.try_send_now(bytes);
+      wait_first = queued && tx.pending_bytes() == 0;
+    } else {
+      queued = tx.try_send(bytes);
     }
     if (!queued) {
-      auto [sec] = co_await tx.async_send(rep, tuple);
+      auto [sec] = co_await tx.async_send(bytes, tuple);
       if (sec) co_return 0;  // the pool is gone
     }
     // Requests that keep arriving do not keep the thread to themselves (the
