@@ -73,7 +73,10 @@
 /// ### Throughput and backpressure
 /// Each worker has up to `window` requests in flight, so it never waits for
 /// the next one; the messages of many requests go out in one write (the
-/// framed_stream batches). A request goes to the least-loaded worker. At most
+/// framed_stream batches). A request to an idle worker, and a worker's reply
+/// to the last request it has read, are written at once instead
+/// (framed_stream::try_send_now(): nothing would join them in a batch, and
+/// someone waits for each). A request goes to the least-loaded worker. At most
 /// `queue_limit` requests wait for a worker; further ones wait for room, first
 /// come first served (backpressure, bounded memory).
 ///
