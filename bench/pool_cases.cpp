@@ -42,13 +42,18 @@ using asio::awaitable;
 using asio::use_awaitable;
 using int_pool = coropipe::pool<int, int>;
 
-// Every CPU for this process's future children (the bench pins itself).
-awaitable<void> unpin() {
+// Lets this thread, and what it starts from now on, run on every CPU.
+void allow_every_cpu() noexcept {
   cpu_set_t all;
   CPU_ZERO(&all);
   const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
   for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i) CPU_SET(i, &all);
   ::sched_setaffinity(0, sizeof all, &all);
+}
+
+// Every CPU for this process's future children (the bench pins itself).
+awaitable<void> unpin() {
+  allow_every_cpu();
   co_return;
 }
 
@@ -234,11 +239,7 @@ class unpinned {
 public:
   unpinned() {
     ::sched_getaffinity(0, sizeof old_, &old_);
-    cpu_set_t all;
-    CPU_ZERO(&all);
-    const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
-    for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i) CPU_SET(i, &all);
-    ::sched_setaffinity(0, sizeof all, &all);
+    allow_every_cpu();
   }
   ~unpinned() { ::sched_setaffinity(0, sizeof old_, &old_); }
   unpinned(const unpinned&) = delete;
@@ -330,11 +331,7 @@ double ssh_pool_round_trip(int rounds, bool over_ssh) {
 }
 
 int serve_pool_worker() {
-  cpu_set_t all;  // a remote worker is started by sshd: every CPU, like a local one
-  CPU_ZERO(&all);
-  const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
-  for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i) CPU_SET(i, &all);
-  ::sched_setaffinity(0, sizeof all, &all);
+  allow_every_cpu();  // a remote worker is started by sshd: every CPU, like a local one
   return coropipe::serve_stdio<int, int>(inc);
 }
 
