@@ -986,6 +986,35 @@ TEST_CASE("buffered_bytes counts what one read brought and no receive has taken,
   CHECK(fp.rx.buffered_bytes() == 0);
 }
 
+TEST_CASE("wait_before_next_read: the next receive waits instead of reading, finds what came, and later ones read") {
+  asio::io_context io;
+  auto fp = make_framed_pipe(io);
+  write_raw(fp.wfd, frame_bytes("there"));
+  fp.rx.wait_before_next_read();
+  coropipe::error_code ec;
+  CHECK_FALSE(fp.rx.try_receive(ec));
+  CHECK(ec == asio::error::would_block);
+  CHECK(readable(fp.rfd) == 9);  // no read(2) was tried
+  auto m = fp.rx.try_receive(ec);  // the next one reads
+  REQUIRE(m);
+  CHECK(std::string_view(reinterpret_cast<const char*>(m->data()), m->size()) == "there");
+
+  // A message already read ahead is taken first; the receive after it waits,
+  // and the wait finds the message that is in the pipe.
+  write_raw(fp.wfd, frame_bytes("one") + frame_bytes("two"));
+  m = fp.rx.try_receive(ec);
+  REQUIRE(m);
+  fp.rx.wait_before_next_read();
+  m = fp.rx.try_receive(ec);
+  REQUIRE(m);
+  CHECK(std::string_view(reinterpret_cast<const char*>(m->data()), m->size()) == "two");
+  write_raw(fp.wfd, frame_bytes("three"));
+  CHECK_FALSE(fp.rx.try_receive(ec));
+  CHECK(ec == asio::error::would_block);
+  run(io, [&]() -> awaitable<void> { CHECK(co_await receive_string(fp.rx) == "three"); }());
+  CHECK(readable(fp.rfd) == 0);
+}
+
 // --- request and reply: the send written at once ------------------------------------------
 
 namespace {

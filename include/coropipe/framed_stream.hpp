@@ -152,8 +152,9 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
   // descriptor had nothing more at that moment.
   bool drained = false;
   // Our own frame was just written at once after the descriptor was
-  // drained: a reply cannot be there yet, so the next receive waits for
-  // readiness without trying a read(2) first (request-reply).
+  // drained, or the owner said so (wait_before_next_read()): a reply cannot
+  // be there yet, so the next receive waits for readiness without trying a
+  // read(2) first (request-reply).
   bool skip_read = false;
   // A receive waited since the last send: the next small send is written
   // at once (see queue_small), not batched by a posted flush.
@@ -658,6 +659,16 @@ public:
   /// Bytes read ahead and not yet taken by a receive (a frame's beginning
   /// included): 0 when the next receive starts with a read(2).
   [[nodiscard]] std::size_t buffered_bytes() const noexcept { return st_->rbuf.buffered(); }
+
+  /// The next receive (or try_receive()) that finds no whole message read
+  /// ahead waits for readiness (try_receive(): returns `would_block`)
+  /// without first trying a read(2) that would find the descriptor empty;
+  /// the one after it reads as usual. For a caller that knows its peer has
+  /// nothing to send yet (it owes no reply). Waiting is always correct: a
+  /// message that did arrive is found once the wait reports readiness. (A
+  /// small send written at once after a receive waited does this by
+  /// itself.)
+  void wait_before_next_read() noexcept { st_->skip_read = true; }
 
   /// Receives the next message.
   ///

@@ -373,19 +373,11 @@ asio::awaitable<int> serve_channels(asio::posix::stream_descriptor in, asio::pos
   framed_stream<> tx(std::move(out));
   Request req;
   std::vector<std::byte> encoded;  // the reply's bytes, memory reused
-  // The last reply was written at once and nothing is read ahead: the pool
-  // had nothing more for us when we read, so we wait before reading again.
-  bool wait_first = false;
   for (;;) {
     // What has arrived is taken without an asynchronous operation (no
     // coroutine frames of the receive path); an empty pipe is waited for,
     // which lets the replies' posted flush run first.
     error_code ec;
-    if (std::exchange(wait_first, false) && rx.framed().buffered_bytes() == 0) {
-      note_wait();
-      auto [wec] = co_await rx.framed().next_layer().async_wait(asio::posix::stream_descriptor::wait_read, tuple);
-      if (wec) co_return 2;
-    }
     const bool got = rx.try_receive(req, ec);
     if (!got && ec == asio::error::would_block) {
       auto [wec] = co_await rx.framed().next_layer().async_wait(asio::posix::stream_descriptor::wait_read, tuple);
@@ -407,7 +399,9 @@ asio::awaitable<int> serve_channels(asio::posix::stream_descriptor in, asio::pos
     bool queued = false;
     if (rx.framed().buffered_bytes() == 0) {
       queued = tx.try_send_now(bytes);
-      wait_first = queued && tx.pending_bytes() == 0;
+      // Written whole, and nothing read ahead: the pool had nothing more
+      // for us when we read, so we wait before reading again.
+      if (queued && tx.pending_bytes() == 0) rx.framed().wait_before_next_read();
     } else {
       queued = tx.try_send(bytes);
     }
@@ -1402,24 +1396,12 @@ private:
       bool garbage = false;
       Reply value{};
       error_code rec;
-      // Every reply the worker owed has been read, and nothing is read
-      // ahead: the requests in flight now were sent since, so their replies
-      // are waited for without a read(2) that would find the pipe empty.
-      bool wait_first = false;
       for (;;) {
         // What has arrived is taken without an asynchronous operation; only
         // an empty pipe is waited for, with one async_wait (no coroutine
         // frames of the receive path: with one request at a time those
         // missed Asio's frame cache, two heap allocations per request).
         error_code e;
-        if (std::exchange(wait_first, false) && w->rx.framed().buffered_bytes() == 0) {
-          detail::note_wait();
-          auto [wec] = co_await w->rx.framed().next_layer().async_wait(stream::wait_read, tuple);
-          if (wec) {
-            rec = wec;
-            break;
-          }
-        }
         const bool got = w->rx.try_receive(value, e);
         if (!got && e == asio::error::would_block) {
           auto [wec] = co_await w->rx.framed().next_layer().async_wait(stream::wait_read, tuple);
@@ -1434,7 +1416,10 @@ private:
         }
         request* r = w->inflight.front();
         w->inflight.pop_front();
-        wait_first = w->inflight.empty();
+        // Every reply the worker owed has been read: the requests in flight
+        // from now on are sent after this, so their replies are waited for
+        // without a read(2) that would find the pipe empty.
+        if (w->inflight.empty()) w->rx.framed().wait_before_next_read();
         ++stats_[index].served;
         served_any = true;
         if (!w->replied) {
