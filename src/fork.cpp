@@ -113,6 +113,33 @@ void reset_caught_signals(std::uint64_t caught) noexcept {
   }
 }
 
+// Every signal blocked in the forking thread from just before fork() until
+// the parent has its child, as posix_spawn() does: a signal sent to the new
+// child before it has reset the parent's handlers stays pending instead of
+// running one of them there (an application's handler, or a test
+// framework's, in a process that is not the application). The child
+// unblocks with child_mask() once its handlers are the default ones.
+class signals_blocked_for_fork {
+public:
+  signals_blocked_for_fork() noexcept {
+    sigset_t all;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &old_);
+    child_mask_ = old_;
+    sigaddset(&child_mask_, SIGPIPE);  // as block_sigpipe_in_this_thread() does
+  }
+  ~signals_blocked_for_fork() { ::pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  signals_blocked_for_fork(const signals_blocked_for_fork&) = delete;
+  signals_blocked_for_fork& operator=(const signals_blocked_for_fork&) = delete;
+
+  // The forking thread's mask with SIGPIPE added, for the child.
+  const sigset_t& child_mask() const noexcept { return child_mask_; }
+
+private:
+  sigset_t old_;
+  sigset_t child_mask_;
+};
+
 bool kept(std::span<const int> keep, int fd) noexcept {
   return std::find(keep.begin(), keep.end(), fd) != keep.end();
 }
@@ -301,9 +328,16 @@ int run_child_body(asio::io_context& io, child_body body, pid_t parent) noexcept
 // Up to the coroutine, the child makes its system calls inline (raw_syscall)
 // and writes none of coropipe's globals: each libc code page it would run,
 // and each data page it would write, costs it a page fault.
+//
+// Every signal is blocked on entry (signals_blocked_for_fork). The parent's
+// handlers are reset first; only then does the child take the forking
+// thread's mask (with SIGPIPE added), which lets in what was sent meanwhile.
 [[noreturn]] void child_main(const fork_options& opts, std::span<const int> keep, bool listed,
                              std::span<const pollfd> to_close, child_body body, pid_t parent,
-                             std::uint64_t caught, bool other_threads) noexcept {
+                             std::uint64_t caught, bool other_threads, const sigset_t& mask) noexcept {
+  reset_caught_signals(caught);
+  // The kernel's signal set is the first 8 bytes of glibc's sigset_t.
+  raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&mask), 0, 8);
   if (opts.parent_death_signal > 0) {
     // If the parent died before prctl took effect, nobody will send the
     // signal: act on it now.
@@ -313,7 +347,6 @@ int run_child_body(asio::io_context& io, child_body body, pid_t parent) noexcept
       ::_exit(128 + opts.parent_death_signal);
     }
   }
-  reset_caught_signals(caught);
   if (listed) {
     for (const pollfd& p : to_close) raw_syscall(SYS_close, p.fd);
   } else {
@@ -323,10 +356,6 @@ int run_child_body(asio::io_context& io, child_body body, pid_t parent) noexcept
   // other inherited ones; its record names the parent, so this process
   // opens its own if it forks in turn.
   reaper_reset_after_fork(other_threads);
-  // SIGPIPE blocked, as block_sigpipe_in_this_thread() does (the kernel's
-  // signal set: bit n-1 for signal n).
-  const std::uint64_t sigpipe_bit = std::uint64_t{1} << (SIGPIPE - 1);
-  raw_syscall(SYS_rt_sigprocmask, SIG_BLOCK, reinterpret_cast<long>(&sigpipe_bit), 0, sizeof sigpipe_bit);
   // This copy of the spare is the child's own io_context.
   asio::io_context& io = spare_context.load(std::memory_order_relaxed)->io;
   const int code = run_child_body(io, body, parent);
@@ -367,15 +396,21 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
   const bool own_threads_only = ps.threads >= 1 && ps.threads <= own_threads;
   const bool listed =
       own_threads_only && list_descriptors_to_close(keep_fds, ps.fd_table_size, to_close, to_close_count);
-  const pid_t pid = ::fork();
+  pid_t pid;
+  int fork_errno = 0;
+  {
+    const signals_blocked_for_fork blocked;
+    pid = ::fork();
+    fork_errno = errno;
+    if (pid == 0) {
+      child_main(opts, keep_fds, listed, std::span<const pollfd>(to_close.data(), listed ? to_close_count : 0),
+                 body, parent, ps.caught, ps.threads != own_threads, blocked.child_mask());
+    }
+  }
   if (pid < 0) {
-    ec = last_error();
+    ec = detail::errno_code(fork_errno);
     failed_call = "fork";
     return child();
-  }
-  if (pid == 0) {
-    child_main(opts, keep_fds, listed, std::span<const pollfd>(to_close.data(), listed ? to_close_count : 0), body,
-               parent, ps.caught, ps.threads != own_threads);
   }
 
   // From here on the child exists: it must end up owned by a handle, or be

@@ -469,6 +469,30 @@ TEST_CASE("handlers installed by the parent are reset to the default in the chil
   ::sigaction(SIGUSR1, &old, nullptr);
 }
 
+TEST_CASE("a signal sent the moment fork_child returns never runs the parent's handler in the child") {
+  // Until the child has reset the parent's handlers, every signal is blocked
+  // there: one that arrives early waits, and then takes the default action.
+  // (CI once saw doctest's SIGTERM handler run in a child under TSan.)
+  struct sigaction sa {}, old{};
+  sa.sa_handler = [](int) { ::_exit(97); };
+  sigemptyset(&sa.sa_mask);
+  REQUIRE(::sigaction(SIGUSR2, &sa, &old) == 0);
+  asio::io_context io;
+  int killed = 0;
+  for (int i = 0; i < 50; ++i) {
+    auto c = coropipe::fork_child(io, [](child_context& ctx) -> awaitable<int> {
+      asio::steady_timer t(ctx.get_executor(), 60s);
+      co_await t.async_wait(use_awaitable);
+      co_return 0;
+    });
+    c.signal(SIGUSR2);
+    killed += run(io, c.async_wait(use_awaitable)) == exit_status::killed(SIGUSR2) ? 1 : 0;
+    io.restart();
+  }
+  ::sigaction(SIGUSR2, &old, nullptr);
+  CHECK(killed == 50);
+}
+
 TEST_CASE("a real-time signal's handler is reset too") {
   // Above signal 31, where /proc/self/stat's masks stop.
   const int rt = SIGRTMAX - 1;
