@@ -51,7 +51,10 @@
 /// - **Signals.** Handlers the parent installed (including those of an
 ///   `asio::signal_set`) are reset to SIG_DFL in the child, as exec would;
 ///   ignored signals stay ignored and the signal mask is inherited, with
-///   SIGPIPE blocked (see sigpipe.hpp). `asio::signal_set` cannot be used in a
+///   SIGPIPE blocked (see sigpipe.hpp). A signal sent to the child before
+///   its handlers are reset waits until they are, so it never runs a
+///   handler of the parent's (the forking thread blocks every signal for
+///   the duration of the fork() call, as posix_spawn() does). `asio::signal_set` cannot be used in a
 ///   forked child (Asio's signal state is process-global and was copied).
 /// - **stdio.** C stdio and the standard iostreams are flushed before the
 ///   fork, so nothing buffered is printed twice. The child flushes its own
