@@ -113,33 +113,6 @@ void reset_caught_signals(std::uint64_t caught) noexcept {
   }
 }
 
-// Every signal blocked in the forking thread from just before fork() until
-// the parent has its child, as posix_spawn() does: a signal sent to the new
-// child before it has reset the parent's handlers stays pending instead of
-// running one of them there (an application's handler, or a test
-// framework's, in a process that is not the application). The child
-// unblocks with child_mask() once its handlers are the default ones.
-class signals_blocked_for_fork {
-public:
-  signals_blocked_for_fork() noexcept {
-    sigset_t all;
-    sigfillset(&all);
-    ::pthread_sigmask(SIG_SETMASK, &all, &old_);
-    child_mask_ = old_;
-    sigaddset(&child_mask_, SIGPIPE);  // as block_sigpipe_in_this_thread() does
-  }
-  ~signals_blocked_for_fork() { ::pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
-  signals_blocked_for_fork(const signals_blocked_for_fork&) = delete;
-  signals_blocked_for_fork& operator=(const signals_blocked_for_fork&) = delete;
-
-  // The forking thread's mask with SIGPIPE added, for the child.
-  const sigset_t& child_mask() const noexcept { return child_mask_; }
-
-private:
-  sigset_t old_;
-  sigset_t child_mask_;
-};
-
 bool kept(std::span<const int> keep, int fd) noexcept {
   return std::find(keep.begin(), keep.end(), fd) != keep.end();
 }
@@ -329,7 +302,7 @@ int run_child_body(asio::io_context& io, child_body body, pid_t parent) noexcept
 // and writes none of coropipe's globals: each libc code page it would run,
 // and each data page it would write, costs it a page fault.
 //
-// Every signal is blocked on entry (signals_blocked_for_fork). The parent's
+// Every signal is blocked on entry (all_signals_blocked). The parent's
 // handlers are reset first; only then does the child take the forking
 // thread's mask (with SIGPIPE added), which lets in what was sent meanwhile.
 [[noreturn]] void child_main(const fork_options& opts, std::span<const int> keep, bool listed,
@@ -399,12 +372,17 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
   pid_t pid;
   int fork_errno = 0;
   {
-    const signals_blocked_for_fork blocked;
+    const all_signals_blocked blocked;
+    // The child's mask: the forking thread's, with SIGPIPE blocked as
+    // block_sigpipe_in_this_thread() does (made here: the child calls no libc
+    // function it need not).
+    sigset_t child_mask = blocked.previous();
+    sigaddset(&child_mask, SIGPIPE);
     pid = ::fork();
     fork_errno = errno;
     if (pid == 0) {
       child_main(opts, keep_fds, listed, std::span<const pollfd>(to_close.data(), listed ? to_close_count : 0),
-                 body, parent, ps.caught, ps.threads != own_threads, blocked.child_mask());
+                 body, parent, ps.caught, ps.threads != own_threads, child_mask);
     }
   }
   if (pid < 0) {

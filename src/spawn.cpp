@@ -477,15 +477,12 @@ private:
 // clone() with every signal blocked in the calling thread, so that no
 // handler of the parent's runs in the child while it shares the memory.
 pid_t clone_child(child_args& args, void* stack_top, bool with_pidfd, int& pidfd, int& error) noexcept {
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
+  const all_signals_blocked blocked;
   int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
   if (with_pidfd) flags |= CLONE_PIDFD;
   pidfd = -1;
   const pid_t pid = COROPIPE_CLONE(child_main, stack_top, flags, &args, &pidfd);
   error = pid < 0 ? errno : 0;
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
   return pid;
 }
 

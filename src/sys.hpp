@@ -3,6 +3,7 @@
 // wrappers of Linux system calls that glibc 2.36 does not wrap.
 #pragma once
 
+#include <signal.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -85,5 +86,30 @@ int background_reaper_fd() noexcept;
 
 bool pidfds_unavailable() noexcept;
 void remember_pidfds_unavailable() noexcept;
+
+// Every signal blocked in the calling thread while this lives; the previous
+// mask restored after. Held across fork() or clone(), as posix_spawn() does:
+// a signal sent to the new child before it has reset the parent's handlers
+// stays pending there instead of running one of them (an application's
+// handler, or a test framework's, in a process that is not the
+// application); the child sets its own mask once its handlers are the
+// default ones.
+class all_signals_blocked {
+public:
+  all_signals_blocked() noexcept {
+    sigset_t all;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &previous_);
+  }
+  ~all_signals_blocked() { ::pthread_sigmask(SIG_SETMASK, &previous_, nullptr); }
+  all_signals_blocked(const all_signals_blocked&) = delete;
+  all_signals_blocked& operator=(const all_signals_blocked&) = delete;
+
+  // The calling thread's mask before this blocked everything.
+  const sigset_t& previous() const noexcept { return previous_; }
+
+private:
+  sigset_t previous_;
+};
 
 } // namespace coropipe::detail
