@@ -197,17 +197,15 @@ awaitable<double> timed_round_trips(int_pool& p, int warmup, int rounds) {
   co_return secs / rounds * 1e6;
 }
 
-} // namespace
-
 // The raw ping-pong's child runs on the second CPU (pin_child()): so do
 // these workers, or the scheduler's placement (same CPU as the bench or not)
 // would decide the ratio.
-namespace {
 awaitable<void> pin_worker() {
   pin_child();
   co_return;
 }
-}  // namespace
+
+} // namespace
 
 double pool_round_trip(int rounds) {
   asio::io_context io(1);

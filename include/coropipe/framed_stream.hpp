@@ -172,6 +172,11 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
   asio::steady_timer progress;
 
   bool has_room() const noexcept { return queue.pending_bytes() < opts.send_buffer_size; }
+  // A payload of @p size can be sent by queue_small() now: no write error,
+  // room in the queue, and small enough to be copied.
+  bool takes_small(std::size_t size) const noexcept {
+    return !write_error && has_room() && size <= opts.copy_threshold;
+  }
 
   void notify() {
     error_code ignored;
@@ -310,17 +315,23 @@ struct framed_state : std::enable_shared_from_this<framed_state<Stream>> {
       const auto room = rbuf.prepare();
       error_code rec;
       const std::size_t n = try_read(stream.native_handle(), room.data(), room.size(), rec);
-      drained = n < room.size();
-      if (rec == asio::error::would_block) return false;
-      if (rec == asio::error::eof) {
-        eof = true;
-        continue;
+      if (rec == asio::error::would_block) {
+        drained = true;
+        return false;
       }
-      if (rec) {
-        read_error = rec;
-        ec = rec;
-        return true;
-      }
+      record_read(rec, n, room.size());  // the loop's start reports an error or the end
+    }
+  }
+
+  // Records what a read of up to @p room bytes into rbuf.prepare() gave:
+  // @p n bytes, the end of stream, or an error (sticky: read_error).
+  void record_read(const error_code& rec, std::size_t n, std::size_t room) {
+    drained = n < room;
+    if (rec == asio::error::eof) {
+      eof = true;
+    } else if (rec) {
+      read_error = rec;
+    } else {
       rbuf.commit(n);
     }
   }
@@ -480,7 +491,7 @@ using send_result = std::conditional_t<Throw, void, std::tuple<error_code>>;
 template <bool Throw, typename Stream>
 asio::awaitable<send_result<Throw>> send_coro(framed_state<Stream>* st, message_view payload) {
   error_code ec;
-  if (!st->write_error && st->has_room() && payload.size() <= st->opts.copy_threshold && !should_yield()) {
+  if (st->takes_small(payload.size()) && !should_yield()) {
     ec = st->queue_small(payload);
   } else {
     std::tie(ec) = co_await asio::async_compose<const compat::as_tuple_t<asio::use_awaitable_t<>>&,
@@ -529,21 +540,14 @@ asio::awaitable<receive_result<Throw>> receive_coro(framed_state<Stream>* st) {
       st->send_direct = true;
       if (st->read_waits) {
         // Wait by reading (see reads_consume_edge()). A cancelled read has
-        // read nothing; its other outcomes are recorded as try_receive()
-        // records its own read's.
+        // read nothing; its other outcomes are recorded as try_receive()'s
+        // own read's are.
         const auto room = st->rbuf.prepare();
         std::size_t n = 0;
         std::tie(ec, n) = co_await st->stream.async_read_some(asio::buffer(room.data(), room.size()),
                                                               compat::as_tuple(asio::use_awaitable));
         if (ec == asio::error::operation_aborted) break;
-        if (ec == asio::error::eof) {
-          st->eof = true;
-        } else if (ec) {
-          st->read_error = ec;
-        } else {
-          st->drained = n < room.size();
-          st->rbuf.commit(n);
-        }
+        st->record_read(ec, n, room.size());
       } else {
         std::tie(ec) = co_await st->stream.async_wait(Stream::wait_read, compat::as_tuple(asio::use_awaitable));
         if (ec) break;  // cancelled (or the descriptor failed): nothing lost
@@ -634,24 +638,24 @@ public:
   /// when nothing was queued (use async_send()).
   bool try_send(asio::const_buffer payload) {
     auto& st = *st_;
-    if (st.write_error || !st.has_room() || payload.size() > st.opts.copy_threshold) return false;
+    if (!st.takes_small(payload.size())) return false;
     st.queue.push_copy({static_cast<const std::byte*>(payload.data()), payload.size()});
     st.kick();
     return true;
   }
 
   /// Like try_send(), but when nothing is queued or being written the frame
-  /// is written at once, by one non-blocking writev(2), instead of by the
-  /// background flush (which a later scheduler round runs, batching what was
-  /// queued meanwhile); what the write could not take stays queued for the
-  /// flush. For a message a peer is waiting for with no other following it
+  /// is written at once, by one non-blocking write(2) (writev(2) for a frame
+  /// above 256 bytes), instead of by the background flush (which a later
+  /// scheduler round runs, batching what was queued meanwhile); what the
+  /// write could not take stays queued for the flush. For a message a peer is waiting for with no other following it
   /// at once (a request to an idle worker, the reply to the last request
   /// read): it saves the scheduler round. A write error is sticky, as for
   /// try_send(), and reported by the next send or flush.
   /// @returns as try_send().
   bool try_send_now(asio::const_buffer payload) {
     auto& st = *st_;
-    if (st.write_error || !st.has_room() || payload.size() > st.opts.copy_threshold) return false;
+    if (!st.takes_small(payload.size())) return false;
     (void)st.queue_small({static_cast<const std::byte*>(payload.data()), payload.size()}, true);
     return true;
   }
