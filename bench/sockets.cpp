@@ -291,13 +291,13 @@ awaitable<int> echo_rounds(coropipe::address a, int n) {
   co_return 0;
 }
 
-#if COROPIPE_ASIO_VERSION >= 103600
+#if COROPIPE_ASIO_HAS_RESET_EDGE_ON_PARTIAL_READ
 // An io_context for one thread whose epoll reactor treats a short read as
 // consuming the edge (Asio 1.36+): a framed_stream's receive then waits with
 // an Asio read, without epoll_ctl (framed_stream.hpp).
 std::unique_ptr<asio::io_context> reset_edge_context() {
   return std::make_unique<asio::io_context>(
-      asio::config_from_string{"scheduler.concurrency_hint=1\nreactor.reset_edge_on_partial_read=1"});
+      coropipe::compat::config_from_string{"scheduler.concurrency_hint=1\nreactor.reset_edge_on_partial_read=1"});
 }
 #endif
 
@@ -308,7 +308,7 @@ std::unique_ptr<asio::io_context> reset_edge_context() {
 // child's io_context is coropipe's).
 double coropipe_socket_ping_pong(bool tcp, int rounds, bool reset_edge) {
   std::unique_ptr<asio::io_context> own;
-#if COROPIPE_ASIO_VERSION >= 103600
+#if COROPIPE_ASIO_HAS_RESET_EDGE_ON_PARTIAL_READ
   if (reset_edge) own = reset_edge_context();
 #endif
   if (!own) own = std::make_unique<asio::io_context>(1);
@@ -317,7 +317,7 @@ double coropipe_socket_ping_pong(bool tcp, int rounds, bool reset_edge) {
   auto kid = coropipe::fork_child(
       io,
       [](coropipe::child_context&, coropipe::address a, int n, [[maybe_unused]] bool edge) -> awaitable<int> {
-#if COROPIPE_ASIO_VERSION >= 103600
+#if COROPIPE_ASIO_HAS_RESET_EDGE_ON_PARTIAL_READ
         if (edge) {
           auto io2 = reset_edge_context();
           co_return run_to_completion(*io2, echo_rounds(std::move(a), n));
@@ -408,7 +408,7 @@ void add_socket_cases(std::vector<case_spec>& cases, const settings& s) {
     cases.push_back({"socket round trip 16 B, " + over, "{\"bytes\": 16, \"rounds\": " + std::to_string(rounds) + "}",
                      "us/round trip", better::lower, 1 / 1.1, [=] { return coropipe_socket_ping_pong(tcp, rounds, false); },
                      [=] { return raw_socket_ping_pong(tcp, rounds); }, ""});
-#if COROPIPE_ASIO_VERSION >= 103600
+#if COROPIPE_ASIO_HAS_RESET_EDGE_ON_PARTIAL_READ
     cases.push_back({"socket round trip 16 B, " + over + ": io_context with reactor.reset_edge_on_partial_read",
                      "{\"bytes\": 16, \"rounds\": " + std::to_string(rounds) + "}", "us/round trip", better::lower,
                      std::nullopt, [=] { return coropipe_socket_ping_pong(tcp, rounds, true); },

@@ -1344,9 +1344,9 @@ TEST_CASE("framed messages over a TCP loopback socket") {
   tcp_exchange(io, false);
 }
 
-#if COROPIPE_ASIO_VERSION >= 103600
+#if COROPIPE_ASIO_HAS_RESET_EDGE_ON_PARTIAL_READ
 TEST_CASE("over TCP, with an io_context whose reactor resets the edge on a partial read, receives wait by reading") {
-  asio::io_context io{asio::config_from_string{"reactor.reset_edge_on_partial_read=1"}};
+  asio::io_context io{coropipe::compat::config_from_string{"reactor.reset_edge_on_partial_read=1"}};
   tcp_exchange(io, true);
 }
 #endif

@@ -90,6 +90,9 @@
 #include COROPIPE_ASIO_INCLUDE(this_coro.hpp)
 #include COROPIPE_ASIO_INCLUDE(use_awaitable.hpp)
 #include COROPIPE_ASIO_INCLUDE(write.hpp)
+#if COROPIPE_ASIO_VERSION >= 103600
+#include COROPIPE_ASIO_INCLUDE(config.hpp)
+#endif
 #if COROPIPE_ASIO_VERSION >= 102400
 #include COROPIPE_ASIO_INCLUDE(as_tuple.hpp)
 #include COROPIPE_ASIO_INCLUDE(deferred.hpp)
@@ -131,6 +134,26 @@ namespace awaitable_operators = asio::experimental::awaitable_operators;
 using asio::experimental::make_parallel_group;
 using asio::experimental::wait_for_all;
 using asio::experimental::wait_for_one;
+
+/// 1 when io_context configuration has `reactor.reset_edge_on_partial_read`
+/// (Asio 1.36 and later), and compat::config_from_string is Asio's.
+#if COROPIPE_ASIO_VERSION >= 103600
+#define COROPIPE_ASIO_HAS_RESET_EDGE_ON_PARTIAL_READ 1
+using asio::config_from_string;
+#else
+#define COROPIPE_ASIO_HAS_RESET_EDGE_ON_PARTIAL_READ 0
+#endif
+
+/// True when @p ctx is configured with `reactor.reset_edge_on_partial_read`
+/// (its epoll reactor treats a short read as consuming the readiness edge);
+/// false on an Asio without that option.
+inline bool resets_edge_on_partial_read([[maybe_unused]] asio::execution_context& ctx) {
+#if COROPIPE_ASIO_HAS_RESET_EDGE_ON_PARTIAL_READ
+  return asio::config(ctx).get("reactor", "reset_edge_on_partial_read", 0) != 0;
+#else
+  return false;
+#endif
+}
 } // namespace compat
 
 /// The category of errno values in coropipe's error codes: std::system_category()

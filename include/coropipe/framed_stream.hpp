@@ -79,9 +79,6 @@
 #include <coropipe/io.hpp>
 
 #include <coropipe/asio.hpp>
-#if COROPIPE_ASIO_VERSION >= 103600
-#include COROPIPE_ASIO_INCLUDE(config.hpp)
-#endif
 
 #include <array>
 #include <cstddef>
@@ -121,15 +118,13 @@ namespace detail {
 // epoll_wait, read on each side).
 template <typename Stream>
 bool reads_consume_edge([[maybe_unused]] Stream& s) {
-#if COROPIPE_ASIO_VERSION >= 103600
-  if constexpr (requires {
+  if constexpr (COROPIPE_ASIO_HAS_RESET_EDGE_ON_PARTIAL_READ &&
+                requires {
                   typename Stream::protocol_type;
                   asio::query(s.get_executor(), asio::execution::context);
                 }) {
-    auto& ctx = asio::query(s.get_executor(), asio::execution::context);
-    return asio::config(ctx).get("reactor", "reset_edge_on_partial_read", 0) != 0;
+    return compat::resets_edge_on_partial_read(asio::query(s.get_executor(), asio::execution::context));
   }
-#endif
   return false;
 }
 
