@@ -98,6 +98,19 @@ int raw_connect(const coropipe::address& a) {
   return fd;
 }
 
+// Reads what a non-blocking socket has, up to @p n bytes; returns how many.
+std::size_t recv_ready(int fd, char* p, std::size_t n) {
+  std::size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::recv(fd, p + got, n - got, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == EAGAIN) break;
+    if (r <= 0) fail("recv");
+    got += static_cast<std::size_t>(r);
+  }
+  return got;
+}
+
 // The floor's side of a connection: non-blocking, TCP_NODELAY on TCP (as
 // coropipe's), registered once with an epoll set for reading.
 struct floor_end {
@@ -137,17 +150,9 @@ struct floor_end {
   // The reply: right after our own request nothing can be there yet, so wait
   // first, then read (3 system calls a round: send, epoll_wait, recv).
   void receive_frame(char* p, std::size_t n) const {
-    while (n > 0) {
+    for (std::size_t got = 0; got < n;) {
       wait();
-      for (;;) {
-        const ssize_t r = ::recv(fd, p, n, 0);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0 && errno == EAGAIN) break;
-        if (r <= 0) fail("recv");
-        p += r;
-        n -= static_cast<std::size_t>(r);
-        if (n == 0) break;
-      }
+      got += recv_ready(fd, p + got, n - got);
     }
   }
 };
@@ -272,6 +277,57 @@ double floor_socket_ping_pong(bool tcp, int rounds) {
   }
   reap(pid);
   ::close(fd);
+  ::close(l);
+  return secs / rounds * 1e6;
+}
+
+namespace {
+
+// One end of the round trip through Asio alone, with no coropipe code: the
+// socket non-blocking (TCP_NODELAY on TCP), a request sent with send(2),
+// the reply awaited with a coroutine's co_await async_wait and read with
+// recv(2): the least any program on Asio's coroutines does per round trip.
+awaitable<int> asio_alone_rounds(int fd, bool tcp, int n, bool requester) {
+  auto ex = co_await asio::this_coro::executor;
+  asio::generic::stream_protocol::socket s(ex, tcp ? asio::generic::stream_protocol(AF_INET, IPPROTO_TCP)
+                                                   : asio::generic::stream_protocol(AF_UNIX, 0),
+                                          fd);
+  s.non_blocking(true);
+  const int one = 1;
+  if (tcp) ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  char buf[20];
+  for (int i = 0; i < n; ++i) {
+    if (requester) send_all(fd, frame16, sizeof frame16);
+    for (std::size_t got = 0; got < sizeof buf;) {
+      auto [ec] = co_await s.async_wait(asio::socket_base::wait_read, coropipe::compat::as_tuple(use_awaitable));
+      if (ec) throw coropipe::system_error(ec, "async_wait");
+      got += recv_ready(fd, buf + got, sizeof buf - got);
+    }
+    if (!requester) send_all(fd, buf, sizeof buf);
+  }
+  co_return 0;
+}
+
+} // namespace
+
+// The round trip through Asio alone (see asio_alone_rounds()), both ends on
+// their own io_context, as coropipe's.
+double asio_socket_ping_pong(bool tcp, int rounds) {
+  coropipe::address a = where(tcp);
+  const int l = raw_listen(a);
+  const pid_t pid = ::fork();
+  if (pid < 0) fail("fork");
+  if (pid == 0) {
+    asio::io_context io(1);
+    ::_exit(run_to_completion(io, asio_alone_rounds(raw_connect(a), tcp, rounds, false)));
+  }
+  const int fd = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+  if (fd < 0) fail("accept");
+  asio::io_context io(1);
+  const auto t0 = clock::now();
+  (void)run_to_completion(io, asio_alone_rounds(fd, tcp, rounds, true));  // the socket closes fd
+  const double secs = seconds_since(t0);
+  reap(pid);
   ::close(l);
   return secs / rounds * 1e6;
 }
@@ -416,6 +472,12 @@ void add_socket_cases(std::vector<case_spec>& cases, const settings& s) {
                      "reference (Asio 1.36+): both ends' io_context configured so that a short read consumes the "
                      "epoll edge; a round trip is write, epoll_wait, read on each side"});
 #endif
+    cases.push_back({"socket round trip 16 B, " + over + ": Asio alone",
+                     "{\"bytes\": 16, \"rounds\": " + std::to_string(rounds) + "}", "us/round trip", better::lower,
+                     std::nullopt, [=] { return asio_socket_ping_pong(tcp, rounds); },
+                     [=] { return raw_socket_ping_pong(tcp, rounds); },
+                     "reference: no coropipe code, send, co_await async_wait, recv on each side "
+                     "(what any program on Asio's coroutines does at least)"});
     cases.push_back({"socket round trip 16 B, " + over + ": floor, epoll without Asio",
                      "{\"bytes\": 16, \"rounds\": " + std::to_string(rounds) + "}", "us/round trip", better::lower,
                      std::nullopt, [=] { return floor_socket_ping_pong(tcp, rounds); },
