@@ -318,8 +318,13 @@ double asio_socket_ping_pong(bool tcp, int rounds) {
   const pid_t pid = ::fork();
   if (pid < 0) fail("fork");
   if (pid == 0) {
-    asio::io_context io(1);
-    ::_exit(run_to_completion(io, asio_alone_rounds(raw_connect(a), tcp, rounds, false)));
+    try {
+      asio::io_context io(1);
+      ::_exit(run_to_completion(io, asio_alone_rounds(raw_connect(a), tcp, rounds, false)));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "asio alone, child: %s\n", e.what());
+      ::_exit(1);
+    }
   }
   const int fd = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
   if (fd < 0) fail("accept");
