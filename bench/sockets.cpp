@@ -111,6 +111,41 @@ std::size_t recv_ready(int fd, char* p, std::size_t n) {
   return got;
 }
 
+// TCP_NODELAY on a TCP socket, as coropipe sets it on its connections.
+void no_delay(int fd) {
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+// Forks a child that connects to a fresh listening socket (TCP loopback when
+// @p tcp, else an abstract Unix name) and runs @p peer(fd) on its end (an
+// exception there: one line on stderr, exit status 1); accepts it here and
+// returns what @p timed(fd) returns on this end (the seconds it measured).
+// Then reaps the child and closes both sockets.
+template <typename Peer, typename Timed>
+double with_forked_peer(bool tcp, Peer peer, Timed timed) {
+  coropipe::address a = where(tcp);
+  const int l = raw_listen(a);
+  const pid_t pid = ::fork();
+  if (pid < 0) fail("fork");
+  if (pid == 0) {
+    try {
+      peer(raw_connect(a));
+      ::_exit(0);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench child: %s\n", e.what());
+      ::_exit(1);
+    }
+  }
+  const int fd = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+  if (fd < 0) fail("accept");
+  const double secs = timed(fd);
+  reap(pid);
+  ::close(fd);
+  ::close(l);
+  return secs;
+}
+
 // The floor's side of a connection: non-blocking, TCP_NODELAY on TCP (as
 // coropipe's), registered once with an epoll set for reading.
 struct floor_end {
@@ -119,8 +154,7 @@ struct floor_end {
   floor_end(int s, bool tcp) : fd(s), ep(::epoll_create1(EPOLL_CLOEXEC)) {
     if (ep < 0) fail("epoll_create1");
     if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) fail("fcntl");
-    const int one = 1;
-    if (tcp) ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (tcp) no_delay(fd);
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
@@ -160,29 +194,23 @@ struct floor_end {
 } // namespace
 
 double raw_socket_messages(bool tcp, int count) {
-  coropipe::address a = where(tcp);
-  const int l = raw_listen(a);
-  const pid_t pid = ::fork();
-  if (pid < 0) fail("fork");
-  if (pid == 0) {
-    const int s = raw_connect(a);
-    for (int i = 0; i < count; ++i) send_all(s, frame16, sizeof frame16);
-    ::_exit(0);
-  }
-  const int s = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
-  if (s < 0) fail("accept");
-  const auto t0 = clock::now();
-  // One message per call: its header, then its payload.
-  char buf[64];
-  for (int i = 0; i < count; ++i) {
-    recv_exact(s, buf, 4);
-    const std::size_t n = (std::size_t{static_cast<unsigned char>(buf[2])} << 8) | static_cast<unsigned char>(buf[3]);
-    recv_exact(s, buf, n);
-  }
-  const double secs = seconds_since(t0);
-  reap(pid);
-  ::close(s);
-  ::close(l);
+  const double secs = with_forked_peer(
+      tcp,
+      [&](int s) {
+        for (int i = 0; i < count; ++i) send_all(s, frame16, sizeof frame16);
+      },
+      [&](int s) {
+        const auto t0 = clock::now();
+        // One message per call: its header, then its payload.
+        char buf[64];
+        for (int i = 0; i < count; ++i) {
+          recv_exact(s, buf, 4);
+          const std::size_t n =
+              (std::size_t{static_cast<unsigned char>(buf[2])} << 8) | static_cast<unsigned char>(buf[3]);
+          recv_exact(s, buf, n);
+        }
+        return seconds_since(t0);
+      });
   return count / secs;
 }
 
@@ -216,68 +244,52 @@ double coropipe_socket_messages(bool tcp, int count) {
 }
 
 double raw_socket_ping_pong(bool tcp, int rounds) {
-  coropipe::address a = where(tcp);
-  const int l = raw_listen(a);
-  const pid_t pid = ::fork();
-  if (pid < 0) fail("fork");
-  if (pid == 0) {
-    const int s = raw_connect(a);
-    char buf[20];
-    for (int i = 0; i < rounds; ++i) {
-      recv_exact(s, buf, 4);
-      recv_exact(s, buf + 4, 16);
-      send_all(s, buf, sizeof buf);
-    }
-    ::_exit(0);
-  }
-  const int s = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
-  if (s < 0) fail("accept");
-  char buf[20];
-  const auto t0 = clock::now();
-  for (int i = 0; i < rounds; ++i) {
-    send_all(s, frame16, sizeof frame16);
-    recv_exact(s, buf, 4);
-    recv_exact(s, buf + 4, 16);
-  }
-  const double secs = seconds_since(t0);
-  reap(pid);
-  ::close(s);
-  ::close(l);
+  const double secs = with_forked_peer(
+      tcp,
+      [&](int s) {
+        char buf[20];
+        for (int i = 0; i < rounds; ++i) {
+          recv_exact(s, buf, 4);
+          recv_exact(s, buf + 4, 16);
+          send_all(s, buf, sizeof buf);
+        }
+      },
+      [&](int s) {
+        char buf[20];
+        const auto t0 = clock::now();
+        for (int i = 0; i < rounds; ++i) {
+          send_all(s, frame16, sizeof frame16);
+          recv_exact(s, buf, 4);
+          recv_exact(s, buf + 4, 16);
+        }
+        return seconds_since(t0);
+      });
   return secs / rounds * 1e6;
 }
 
 // The round trip written as any readiness-based event loop would at best:
 // both ends non-blocking with one epoll set each, registered once.
 double floor_socket_ping_pong(bool tcp, int rounds) {
-  coropipe::address a = where(tcp);
-  const int l = raw_listen(a);
-  const pid_t pid = ::fork();
-  if (pid < 0) fail("fork");
-  if (pid == 0) {
-    const floor_end s(raw_connect(a), tcp);
-    char buf[20];
-    for (int i = 0; i < rounds; ++i) {
-      s.receive_frame(buf, sizeof buf);
-      s.send_frame(buf, sizeof buf);
-    }
-    ::_exit(0);
-  }
-  const int fd = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
-  if (fd < 0) fail("accept");
-  double secs = 0;
-  {
-    const floor_end s(fd, tcp);
-    char buf[20];
-    const auto t0 = clock::now();
-    for (int i = 0; i < rounds; ++i) {
-      s.send_frame(frame16, sizeof frame16);
-      s.receive_frame(buf, sizeof buf);
-    }
-    secs = seconds_since(t0);
-  }
-  reap(pid);
-  ::close(fd);
-  ::close(l);
+  const double secs = with_forked_peer(
+      tcp,
+      [&](int fd) {
+        const floor_end s(fd, tcp);
+        char buf[20];
+        for (int i = 0; i < rounds; ++i) {
+          s.receive_frame(buf, sizeof buf);
+          s.send_frame(buf, sizeof buf);
+        }
+      },
+      [&](int fd) {
+        const floor_end s(fd, tcp);
+        char buf[20];
+        const auto t0 = clock::now();
+        for (int i = 0; i < rounds; ++i) {
+          s.send_frame(frame16, sizeof frame16);
+          s.receive_frame(buf, sizeof buf);
+        }
+        return seconds_since(t0);
+      });
   return secs / rounds * 1e6;
 }
 
@@ -293,8 +305,7 @@ awaitable<int> asio_alone_rounds(int fd, bool tcp, int n, bool requester) {
                                                    : asio::generic::stream_protocol(AF_UNIX, 0),
                                           fd);
   s.non_blocking(true);
-  const int one = 1;
-  if (tcp) ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (tcp) no_delay(fd);
   char buf[20];
   for (int i = 0; i < n; ++i) {
     if (requester) send_all(fd, frame16, sizeof frame16);
@@ -305,6 +316,7 @@ awaitable<int> asio_alone_rounds(int fd, bool tcp, int n, bool requester) {
     }
     if (!requester) send_all(fd, buf, sizeof buf);
   }
+  (void)s.release();  // the descriptor stays with_forked_peer()'s to close
   co_return 0;
 }
 
@@ -313,27 +325,18 @@ awaitable<int> asio_alone_rounds(int fd, bool tcp, int n, bool requester) {
 // The round trip through Asio alone (see asio_alone_rounds()), both ends on
 // their own io_context, as coropipe's.
 double asio_socket_ping_pong(bool tcp, int rounds) {
-  coropipe::address a = where(tcp);
-  const int l = raw_listen(a);
-  const pid_t pid = ::fork();
-  if (pid < 0) fail("fork");
-  if (pid == 0) {
-    try {
-      asio::io_context io(1);
-      ::_exit(run_to_completion(io, asio_alone_rounds(raw_connect(a), tcp, rounds, false)));
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "asio alone, child: %s\n", e.what());
-      ::_exit(1);
-    }
-  }
-  const int fd = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
-  if (fd < 0) fail("accept");
-  asio::io_context io(1);
-  const auto t0 = clock::now();
-  (void)run_to_completion(io, asio_alone_rounds(fd, tcp, rounds, true));  // the socket closes fd
-  const double secs = seconds_since(t0);
-  reap(pid);
-  ::close(l);
+  const double secs = with_forked_peer(
+      tcp,
+      [&](int fd) {
+        asio::io_context io(1);
+        (void)run_to_completion(io, asio_alone_rounds(fd, tcp, rounds, false));
+      },
+      [&](int fd) {
+        asio::io_context io(1);
+        const auto t0 = clock::now();
+        (void)run_to_completion(io, asio_alone_rounds(fd, tcp, rounds, true));
+        return seconds_since(t0);
+      });
   return secs / rounds * 1e6;
 }
 
