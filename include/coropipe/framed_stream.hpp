@@ -643,10 +643,11 @@ public:
   /// is written at once, by one non-blocking write(2) (writev(2) for a frame
   /// above 256 bytes), instead of by the background flush (which a later
   /// scheduler round runs, batching what was queued meanwhile); what the
-  /// write could not take stays queued for the flush. For a message a peer is waiting for with no other following it
-  /// at once (a request to an idle worker, the reply to the last request
-  /// read): it saves the scheduler round. A write error is sticky, as for
-  /// try_send(), and reported by the next send or flush.
+  /// write could not take stays queued for the flush. For a message a peer
+  /// is waiting for with no other following it at once (a request to an
+  /// idle worker, the reply to the last request read): it saves the
+  /// scheduler round. A write error is sticky, as for try_send(), and
+  /// reported by the next send or flush.
   /// @returns as try_send().
   bool try_send_now(asio::const_buffer payload) {
     auto& st = *st_;
