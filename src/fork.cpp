@@ -373,6 +373,7 @@ child fork_child_impl(const asio::any_io_executor& ex, const fork_options& opts,
   int fork_errno = 0;
   {
     const all_signals_blocked blocked;
+    const reaper_quiet_for_fork quiet;  // the reaper asleep in poll(), holding no lock
     // The child's mask: the forking thread's, with SIGPIPE blocked as
     // block_sigpipe_in_this_thread() does (made here: the child calls no libc
     // function it need not).

@@ -3,6 +3,9 @@
 // waits for detached children to end and reaps them, so that none is left a
 // zombie. It sleeps in poll() on the children's pidfds (or polls waitpid every
 // 50 ms for children without one) and on an eventfd that announces new ones.
+// Whenever it is not asleep in poll() it holds its busy mutex, which
+// fork_child takes around fork() (reaper_quiet_for_fork): a child is never
+// forked while the thread is inside malloc or a sanitizer's allocator.
 #include "sys.hpp"
 
 #include <poll.h>
@@ -43,7 +46,16 @@ public:
 
   int wake_fd() const noexcept { return wake_; }
 
+  std::mutex& busy() noexcept { return busy_; }
+
+  // Returns once the thread runs and holds busy_: what the thread's start
+  // allocated and freed (in libc, in a sanitizer's runtime) is over by then.
+  void wait_started() const noexcept { started_.wait(false); }
+
   [[noreturn]] void run() {
+    std::unique_lock busy(busy_);
+    started_.store(true);
+    started_.notify_all();
     std::vector<pollfd> fds;
     for (;;) {
       bool polling = false;
@@ -55,7 +67,9 @@ public:
           else polling = true;
         }
       }
+      busy.unlock();
       ::poll(fds.data(), fds.size(), polling ? 50 : -1);
+      busy.lock();
       std::uint64_t count;
       (void)!::read(wake_, &count, sizeof count);
       reap_ended();
@@ -76,6 +90,8 @@ private:
   }
 
   int wake_;
+  std::mutex busy_;
+  std::atomic<bool> started_{false};
   std::mutex mutex_;
   std::vector<detached_child> children_;
 };
@@ -110,6 +126,7 @@ reaper* get_reaper(error_code& ec, const char*& failed_call) {
     return nullptr;
   }
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  r->wait_started();
   threads.store(1);
   instance = r;
   return r;
@@ -134,6 +151,21 @@ void reaper_reset_after_fork(bool other_threads) noexcept {
   new (&start_mutex) std::mutex();
   instance = nullptr;
   threads.store(0);
+}
+
+reaper_quiet_for_fork::reaper_quiet_for_fork() noexcept : busy_(nullptr) {
+  reaper* r;
+  {
+    std::lock_guard lock(start_mutex);
+    r = instance;  // once started, never destroyed
+  }
+  if (r == nullptr) return;
+  r->busy().lock();
+  busy_ = &r->busy();
+}
+
+reaper_quiet_for_fork::~reaper_quiet_for_fork() {
+  if (busy_ != nullptr) busy_->unlock();
 }
 
 } // namespace coropipe::detail

@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <mutex>
 #include <coropipe/error.hpp>
 
 #include <system_error>
@@ -79,11 +80,28 @@ void reaper_reset_after_fork(bool other_threads) noexcept;
 // (-1 without pidfds). On failure (the thread cannot start) nothing is taken.
 void reap_in_background(pid_t pid, int pidfd, error_code& ec, const char*& failed_call);
 
-// True when pidfd_open() has been refused in this process (the result is
-// remembered), or when COROPIPE_DISABLE_PIDFD is set in the environment.
+// Held by a thread while it forks: the background reaper (if one runs) is
+// then asleep in poll(), holding no lock of its own, of malloc's or of a
+// sanitizer's allocator, which the child would inherit locked (AddressSanitizer
+// before LLVM 16 does not lock its allocator around fork(): a thread the
+// child starts could wait on such a lock forever). Release it in the parent
+// after fork(); the child forgets it with reaper_reset_after_fork().
+class reaper_quiet_for_fork {
+public:
+  reaper_quiet_for_fork() noexcept;
+  ~reaper_quiet_for_fork();
+  reaper_quiet_for_fork(const reaper_quiet_for_fork&) = delete;
+  reaper_quiet_for_fork& operator=(const reaper_quiet_for_fork&) = delete;
+
+private:
+  std::mutex* busy_;  // the reaper's, locked; null when no reaper runs
+};
+
 // The background reaper's eventfd, or -1 (for the tests' descriptor accounting).
 int background_reaper_fd() noexcept;
 
+// True when pidfd_open() has been refused in this process (the result is
+// remembered), or when COROPIPE_DISABLE_PIDFD is set in the environment.
 bool pidfds_unavailable() noexcept;
 void remember_pidfds_unavailable() noexcept;
 

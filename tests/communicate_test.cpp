@@ -71,7 +71,7 @@ TEST_CASE("32 MiB each way through cat, checked byte for byte (no deadlock)") {
   CHECK(r.status.success());
   CHECK(r.out.size() == input.size());
   CHECK(r.out == input);
-  CHECK(r.err.empty());
+  CHECK_MESSAGE(r.err.empty(), r.err);
 }
 
 TEST_CASE("stdout and stderr are read concurrently") {

@@ -714,38 +714,45 @@ constexpr bool under_tsan = false;
 TEST_CASE("a child forked while the background reaper runs starts its own to reap what it detaches" *
           doctest::skip(under_tsan)) {
   // The child's copy of the parent's reaper has no thread: it must be
-  // forgotten, and a reaper of the child's own started.
-  asio::io_context io;
-  auto detached = coropipe::fork_child(io, [](child_context&) -> awaitable<int> { co_return 0; });
-  detached.detach();  // starts the parent's reaper
-  auto [in, out] = coropipe::pipe();
-  auto c = coropipe::fork_child(
-      io,
-      [](child_context& ctx, unique_fd w) -> awaitable<int> {
-        auto [gin, gout] = coropipe::pipe();
-        auto loose = coropipe::fork_child(
-            ctx.get_executor(), [](child_context&, unique_fd) -> awaitable<int> { co_return 0; }, std::move(gout));
-        const pid_t loose_pid = loose.pid();
-        loose.detach();
-        // End of stream: the grandchild has exited. Then the reaper reaps it
-        // (until then kill(pid, 0) finds the zombie).
-        char b;
-        while (::read(gin.get(), &b, 1) > 0) {
-        }
-        bool reaped = false;
-        for (int i = 0; i < 2000 && !reaped; ++i) {
-          reaped = ::kill(loose_pid, 0) != 0 && errno == ESRCH;
-          if (!reaped) co_await asio::steady_timer(ctx.get_executor(), 5ms).async_wait(use_awaitable);
-        }
-        const char report = reaped ? 'r' : 'n';
-        co_return ::write(w.get(), &report, 1) == 1 ? 0 : 1;
-      },
-      std::move(out));
-  auto reader = coropipe::attach(io, std::move(in));
-  std::string report;
-  run(io, [&]() -> awaitable<void> { report = co_await read_to_eof(reader); }());
-  CHECK(report == "r");
-  CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(0));
+  // forgotten, and a reaper of the child's own started. Each fork follows a
+  // detach at once, while the parent's reaper starts or wakes (and
+  // allocates): fork_child waits until it sleeps again, or the child could
+  // inherit an allocator lock it holds (AddressSanitizer's, before LLVM 16,
+  // is not taken around fork()) and its own reaper wait on it forever.
+  for (int round = 0; round < 5; ++round) {
+    CAPTURE(round);
+    asio::io_context io;
+    auto detached = coropipe::fork_child(io, [](child_context&) -> awaitable<int> { co_return 0; });
+    detached.detach();  // starts the parent's reaper, or wakes it
+    auto [in, out] = coropipe::pipe();
+    auto c = coropipe::fork_child(
+        io,
+        [](child_context& ctx, unique_fd w) -> awaitable<int> {
+          auto [gin, gout] = coropipe::pipe();
+          auto loose = coropipe::fork_child(
+              ctx.get_executor(), [](child_context&, unique_fd) -> awaitable<int> { co_return 0; }, std::move(gout));
+          const pid_t loose_pid = loose.pid();
+          loose.detach();
+          // End of stream: the grandchild has exited. Then the reaper reaps it
+          // (until then kill(pid, 0) finds the zombie).
+          char b;
+          while (::read(gin.get(), &b, 1) > 0) {
+          }
+          bool reaped = false;
+          for (int i = 0; i < 2000 && !reaped; ++i) {
+            reaped = ::kill(loose_pid, 0) != 0 && errno == ESRCH;
+            if (!reaped) co_await asio::steady_timer(ctx.get_executor(), 5ms).async_wait(use_awaitable);
+          }
+          const char report = reaped ? 'r' : 'n';
+          co_return ::write(w.get(), &report, 1) == 1 ? 0 : 1;
+        },
+        std::move(out));
+    auto reader = coropipe::attach(io, std::move(in));
+    std::string report;
+    run(io, [&]() -> awaitable<void> { report = co_await read_to_eof(reader); }());
+    CHECK(report == "r");
+    CHECK(run(io, c.async_wait(use_awaitable)) == exit_status::from_code(0));
+  }
 }
 
 TEST_CASE("fork_child can be called from a coroutine running on the parent's io_context") {

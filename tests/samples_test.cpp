@@ -85,7 +85,7 @@ TEST_CASE("spam --count: the seed's output, line for line, then exit 0") {
   const auto r = finish_program(p);
   const double end = samples::unix_time();
   CHECK(status_of(r) == exit_status::from_code(0));
-  CHECK(r.err.empty());
+  CHECK_MESSAGE(r.err.empty(), r.err);
   const auto lines = parse_spam(r.out);
   REQUIRE_FALSE(lines.empty());
   std::string all;
@@ -121,14 +121,14 @@ TEST_CASE("spam --count 0: nothing sent, clean end") {
   const auto r = run_program({spam, "--count=0"});
   CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out.empty());
-  CHECK(r.err.empty());
+  CHECK_MESSAGE(r.err.empty(), r.err);
 }
 
 TEST_CASE("spam --help prints the usage on stdout") {
   const auto r = run_program({spam, "--help"});
   CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out.find("usage: spam") == 0);
-  CHECK(r.err.empty());
+  CHECK_MESSAGE(r.err.empty(), r.err);
 }
 
 TEST_CASE("spam: a bad flag or value gives one line and the usage on stderr, exit 2") {
@@ -179,7 +179,7 @@ TEST_CASE("spam: Ctrl-C or SIGTERM stops and reaps the child, and the program di
     const auto took = std::chrono::steady_clock::now() - sent;
     INFO("signal " << sig);
     CHECK(status_of(r) == exit_status::killed(sig));
-    CHECK(r.err.empty());
+    CHECK_MESSAGE(r.err.empty(), r.err);
     // The target is 100 ms; checked loosely, the machine is shared.
     CHECK(took < 3s);
     // Reaped by spam, not orphaned: it would be re-parented to this subreaper.
@@ -201,7 +201,7 @@ TEST_CASE("spam: when its reader goes away it stops quietly, like a SIGPIPE'd pr
   s.p.out = -1;
   const auto r = finish_program(s.p, 10s);
   CHECK(status_of(r) == exit_status::from_code(128 + SIGPIPE));
-  CHECK(r.err.empty());
+  CHECK_MESSAGE(r.err.empty(), r.err);
   CHECK(coropipe_test::process_state(s.child) == 0);
 }
 
@@ -211,7 +211,7 @@ TEST_CASE("spam_messages: one line per message, never coalesced") {
   const pid_t pid = p.pid;
   const auto r = finish_program(p);
   CHECK(status_of(r) == exit_status::from_code(0));
-  CHECK(r.err.empty());
+  CHECK_MESSAGE(r.err.empty(), r.err);
   const auto lines = parse_spam(r.out);
   REQUIRE(lines.size() == 11);
   for (std::size_t i = 0; i < lines.size(); ++i) {
@@ -326,7 +326,7 @@ TEST_CASE("run_capture: stdout and stderr labelled, then the status; its exit co
         "== stdout (16 bytes) ==\nhello\nno newline\n"
         "== stderr (5 bytes) ==\noops\n"
         "== exited with 3 ==\n");
-  CHECK(r.err.empty());
+  CHECK_MESSAGE(r.err.empty(), r.err);
 }
 
 TEST_CASE("run_capture: a program killed by a signal gives 128 + the signal") {
@@ -448,7 +448,7 @@ TEST_CASE("hello: the README's program prints what its child wrote and how the c
   const auto r = run_program({COROPIPE_SAMPLE_HELLO});
   CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out == "child says: Hello from the child\nchild exited with 0\n");
-  CHECK(r.err.empty());
+  CHECK_MESSAGE(r.err.empty(), r.err);
 }
 
 TEST_CASE("first_project: the first project's main.cpp runs uname and reports it") {
@@ -456,7 +456,7 @@ TEST_CASE("first_project: the first project's main.cpp runs uname and reports it
   CHECK(status_of(r) == exit_status::from_code(0));
   CHECK(r.out.find("uname says: Linux ") == 0);
   CHECK(r.out.find("\nuname exited with 0\n") != std::string::npos);
-  CHECK(r.err.empty());
+  CHECK_MESSAGE(r.err.empty(), r.err);
 }
 
 TEST_CASE("errors_and_races: what docs/errors.md says each case prints") {
@@ -518,7 +518,7 @@ TEST_CASE("echo_server + msg_client: lines echoed over a Unix socket; SIGTERM ex
   CHECK(r.out == "hello\n\nworld\n");
   const auto s = stop(server);
   CHECK(status_of(s).exit_code() == 0);
-  CHECK(s.err.empty());
+  CHECK_MESSAGE(s.err.empty(), s.err);
   CHECK(::lstat(path.c_str(), &sb) != 0);
 }
 
@@ -663,7 +663,7 @@ TEST_CASE("prime_pool: the count of primes, with forked and with re-executed wor
   auto r = run_program({prime_pool, "--limit", "1000000", "--workers", "2"});
   CHECK(status_of(r).success());
   CHECK(r.out == "primes below 1000000: 78498\n");
-  CHECK(r.err.empty());
+  CHECK_MESSAGE(r.err.empty(), r.err);
   r = run_program({prime_pool, "--limit", "1000000", "--chunk", "7777", "--workers", "3", "--spawn"});
   CHECK(status_of(r).success());
   CHECK(r.out == "primes below 1000000: 78498\n");

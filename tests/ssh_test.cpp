@@ -110,7 +110,7 @@ TEST_CASE("the private sshd runs commands through its own config, its sessions a
       server.ssh_argv(ssh_server::host, {"echo", "hello from", "$((6 * 7))"}));
   CHECK(status_of(r).success());
   CHECK(r.out == "hello from 42\n");
-  CHECK(r.err.empty());
+  CHECK_MESSAGE(r.err.empty(), r.err);
   // A remote process shows under sshd.
   auto p = coropipe_test::start_program(server.ssh_argv(ssh_server::host, {"sleep", "30"}));
   std::vector<coropipe_test::remote_process> sleeping;
@@ -298,7 +298,7 @@ TEST_CASE("quoting: arguments with spaces, quotes, dollars, semicolons and newli
   const auto l = coropipe::ssh_launcher(ssh_server::host, ssh_opts(server));
   const auto r = coropipe_test::run_program(l.command(argv));
   CHECK(status_of(r).success());
-  CHECK(r.err.empty());
+  CHECK_MESSAGE(r.err.empty(), r.err);
   std::string expected;
   for (const auto& a : args) expected += a + '\0';
   CHECK(r.out == expected);
@@ -483,7 +483,7 @@ TEST_CASE("prime_pool --host prints the same count with remote, mixed and failin
       {prime_pool, "--limit", "1000000", "--host", std::string(ssh_server::host) + "/2", "--ssh-config", server.config_file()});
   CHECK(status_of(r).success());
   CHECK(r.out == expected);
-  CHECK(r.err.empty());
+  CHECK_MESSAGE(r.err.empty(), r.err);
   // Mixed: one local worker beside them.
   r = coropipe_test::run_program({prime_pool, "--limit", "1000000", "--chunk", "7777", "--workers", "1", "--host",
                                   std::string(ssh_server::host) + "/2", "--ssh-config", server.config_file()});
