@@ -40,7 +40,8 @@
 ///   locked forever in the child; only async-signal-safe calls are then safe.
 ///   fork_child() therefore refuses, with `errc::fork_in_threaded_process`,
 ///   when the process runs more than one thread (coropipe's own background
-///   reaper excepted), including an io_context run by several threads. Start
+///   reaper excepted: fork_child() forks only while it sleeps in poll(),
+///   holding no lock), including an io_context run by several threads. Start
 ///   a program with spawn() instead, or set `fork_options::allow_threads` if
 ///   you know the other threads hold no lock the child needs.
 /// - **The parent's Asio objects** are copied into the child but must not be
