@@ -717,8 +717,9 @@ TEST_CASE("a child forked while the background reaper runs starts its own to rea
   // forgotten, and a reaper of the child's own started. Each fork follows a
   // detach at once, while the parent's reaper starts or wakes (and
   // allocates): fork_child waits until it sleeps again, or the child could
-  // inherit an allocator lock it holds (AddressSanitizer's, before LLVM 16,
-  // is not taken around fork()) and its own reaper wait on it forever.
+  // inherit an allocator lock it holds (clang 14's AddressSanitizer does not
+  // take its allocator's locks around fork()) and its own reaper wait on it
+  // forever.
   for (int round = 0; round < 5; ++round) {
     CAPTURE(round);
     asio::io_context io;
