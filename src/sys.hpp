@@ -84,8 +84,9 @@ void reap_in_background(pid_t pid, int pidfd, error_code& ec, const char*& faile
 // then asleep in poll(), holding no lock of its own, of malloc's or of a
 // sanitizer's allocator, which the child would inherit locked (the allocator
 // of clang 14's AddressSanitizer, Debian 12's, is not locked around fork():
-// a thread the child starts could wait on such a lock forever). Release it in the parent
-// after fork(); the child forgets it with reaper_reset_after_fork().
+// a thread the child starts could wait on such a lock forever). Release it
+// in the parent after fork(); the child forgets it with
+// reaper_reset_after_fork().
 class reaper_quiet_for_fork {
 public:
   reaper_quiet_for_fork() noexcept;
